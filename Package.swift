@@ -1,0 +1,56 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Tern",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tern", targets: ["tern"]),
+        .library(name: "VMM", targets: ["VMM"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C shim over <linux/kvm.h>: ioctl numbers, signal and affinity helpers Swift cannot import.
+        .target(name: "CKVM"),
+        // Typed KVM bindings: /dev/kvm, VM and vCPU file descriptors.
+        .target(name: "KVM", dependencies: ["CKVM", "X86"]),
+        // memfd-backed guest RAM with bounds-checked access.
+        .target(name: "GuestMemory", dependencies: ["CKVM"]),
+        // The I/O bus and platform devices (UART, i8042, debug exit).
+        .target(name: "Devices"),
+        // x86 architecture values: CPUID policy, descriptors, page tables, boot register state.
+        .target(name: "X86"),
+        // Kernel image parsing and placement: ELF64, PVH start info.
+        .target(name: "BootLoader", dependencies: ["GuestMemory", "X86"]),
+        // Assembles a machine from the layers above and runs it.
+        .target(
+            name: "VMM",
+            dependencies: [
+                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "CKVM",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // System zlib (raw deflate for compressed qcow2 clusters) and libzstd (zstd clusters).
+        // Block devices: raw files and the qcow2 engine (backing chains, snapshots, compression). No KVM dependency.
+        .executableTarget(
+            name: "tern",
+            dependencies: [
+                "VMM",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "UnitTests",
+            dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM"]
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["VMM", "KVM", "CKVM"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,71 @@
+/* C shim over <linux/kvm.h> and a few libc facilities that Swift cannot import directly:
+ * function-like macros (ioctl request numbers, SIGRTMIN, CPU_SET), flexible array members
+ * and signal handler installation. Everything here is a thin, stateless wrapper. */
+#ifndef CKVM_H
+#define CKVM_H
+
+#include <linux/kvm.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+
+#define CKVM_REQUEST(name) static inline unsigned long ckvm_##name(void) { return name; }
+CKVM_REQUEST(KVM_GET_API_VERSION)
+CKVM_REQUEST(KVM_CREATE_VM)
+CKVM_REQUEST(KVM_CHECK_EXTENSION)
+CKVM_REQUEST(KVM_GET_VCPU_MMAP_SIZE)
+CKVM_REQUEST(KVM_GET_SUPPORTED_CPUID)
+CKVM_REQUEST(KVM_GET_MSR_INDEX_LIST)
+CKVM_REQUEST(KVM_CREATE_VCPU)
+CKVM_REQUEST(KVM_SET_USER_MEMORY_REGION)
+CKVM_REQUEST(KVM_SET_TSS_ADDR)
+CKVM_REQUEST(KVM_SET_IDENTITY_MAP_ADDR)
+CKVM_REQUEST(KVM_CREATE_IRQCHIP)
+CKVM_REQUEST(KVM_CREATE_PIT2)
+CKVM_REQUEST(KVM_IRQ_LINE)
+CKVM_REQUEST(KVM_ENABLE_CAP)
+CKVM_REQUEST(KVM_RUN)
+CKVM_REQUEST(KVM_GET_REGS)
+CKVM_REQUEST(KVM_SET_REGS)
+CKVM_REQUEST(KVM_GET_SREGS)
+CKVM_REQUEST(KVM_SET_SREGS)
+CKVM_REQUEST(KVM_GET_FPU)
+CKVM_REQUEST(KVM_SET_FPU)
+CKVM_REQUEST(KVM_SET_CPUID2)
+CKVM_REQUEST(KVM_SET_MSRS)
+CKVM_REQUEST(KVM_GET_MSRS)
+CKVM_REQUEST(KVM_TRANSLATE)
+CKVM_REQUEST(KVM_GET_MP_STATE)
+CKVM_REQUEST(KVM_SET_MP_STATE)
+CKVM_REQUEST(KVM_SET_TSC_KHZ)
+CKVM_REQUEST(KVM_GET_TSC_KHZ)
+#undef CKVM_REQUEST
+
+/* A kvm_cpuid2 with room for `capacity` entries, allocated with calloc. Free with free(). */
+struct kvm_cpuid2 *ckvm_cpuid2_alloc(uint32_t capacity);
+struct kvm_cpuid_entry2 *ckvm_cpuid2_entries(struct kvm_cpuid2 *cpuid);
+
+/* A kvm_msrs with room for `count` entries, allocated with calloc. Free with free(). */
+struct kvm_msrs *ckvm_msrs_alloc(uint32_t count);
+struct kvm_msr_entry *ckvm_msrs_entries(struct kvm_msrs *msrs);
+
+/* The signal used to kick vCPU threads out of KVM_RUN (SIGRTMIN). */
+int ckvm_kick_signal(void);
+/* Installs a no-op handler (no SA_RESTART) for `signal`, so that delivering it interrupts KVM_RUN with EINTR. */
+int ckvm_install_kick_handler(int signal);
+/* Unblocks `signal` in the calling thread. */
+int ckvm_unblock_signal(int signal);
+
+/* The calling thread's kernel thread id. */
+pid_t ckvm_gettid(void);
+/* Sets the CPU affinity of thread `tid` (0: caller) to the `count` CPUs listed. Returns 0 or -1 with errno. */
+int ckvm_set_affinity(pid_t tid, const int32_t *cpus, int count);
+/* Writes the CPUs thread `tid` may run on into `cpus` (capacity entries); returns the count or -1 with errno. */
+int ckvm_get_affinity(pid_t tid, int32_t *cpus, int capacity);
+
+/* memfd_create(2) with MFD_CLOEXEC. */
+int ckvm_memfd_create(const char *name);
+
+#endif

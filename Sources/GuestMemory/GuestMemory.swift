@@ -1,0 +1,184 @@
+import CKVM
+import Glibc
+
+/// Why a guest-memory operation failed.
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
+    /// The range `[address, address + length)` is not entirely inside one RAM region.
+    case outOfRange(address: UInt64, length: UInt64)
+    /// The requested size cannot be backed (too small, unaligned or too large for the host).
+    case invalidSize(UInt64, reason: String)
+    /// Creating or mapping the backing memory failed.
+    case backingFailed(operation: String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .outOfRange(let address, let length):
+            return "guest address range 0x\(String(address, radix: 16))+0x\(String(length, radix: 16)) is outside guest RAM"
+        case .invalidSize(let size, let reason):
+            return "guest memory size \(size) bytes: \(reason)"
+        case .backingFailed(let operation, let errno):
+            return "cannot back guest memory: \(operation): \(String(cString: strerror(errno)))"
+        }
+    }
+}
+
+/// A contiguous run of guest RAM, backed by one shared host mapping.
+public struct MemoryRegion: Sendable, Equatable {
+    /// First guest-physical address.
+    public let guestAddress: UInt64
+    /// Length in bytes.
+    public let size: UInt64
+    /// Offset of this region inside the backing memfd.
+    public let fileOffset: UInt64
+    /// Host address of the mapping; shared with KVM.
+    public nonisolated(unsafe) let host: UnsafeMutableRawPointer
+
+    /// One past the last guest-physical address.
+    public var end: UInt64 { guestAddress + size }
+
+    public static func == (lhs: MemoryRegion, rhs: MemoryRegion) -> Bool {
+        lhs.guestAddress == rhs.guestAddress && lhs.size == rhs.size && lhs.fileOffset == rhs.fileOffset && lhs.host == rhs.host
+    }
+}
+
+/// How guest RAM is laid out around the 32-bit MMIO hole, without allocating anything.
+public struct MemoryLayout32: Sendable, Equatable {
+    /// Start of the 32-bit MMIO hole (device registers, LAPIC, IOAPIC, PCI windows).
+    public static let mmioHoleStart: UInt64 = 0xC000_0000
+    /// End of the 32-bit MMIO hole, where high RAM resumes.
+    public static let mmioHoleEnd: UInt64 = 0x1_0000_0000
+
+    /// (guest address, size) of each RAM range for `size` bytes of RAM.
+    public static func ranges(forSize size: UInt64) -> [(guestAddress: UInt64, size: UInt64)] {
+        if size <= mmioHoleStart { return [(0, size)] }
+        return [(0, mmioHoleStart), (mmioHoleEnd, size - mmioHoleStart)]
+    }
+}
+
+/// Options for backing guest RAM.
+public struct MemoryOptions: Sendable, Equatable {
+    /// Let KSM merge identical pages across guests (MADV_MERGEABLE).
+    public var mergeable: Bool
+    /// Ask for transparent huge pages (MADV_HUGEPAGE).
+    public var hugePages: Bool
+
+    public init(mergeable: Bool = false, hugePages: Bool = false) {
+        self.mergeable = mergeable
+        self.hugePages = hugePages
+    }
+}
+
+/// Guest RAM: a memfd split into regions around the MMIO hole. Every access is bounds-checked.
+///
+/// The memory is shared with the guest, which may change it at any time, so reads copy values out and never
+/// hand out references that assume the contents stay put.
+public final class GuestMemory: Sendable {
+    /// Smallest guest RAM Tern accepts.
+    public static let minimumSize: UInt64 = 2 << 20
+
+    /// The RAM regions, in ascending guest-address order.
+    public let regions: [MemoryRegion]
+    /// Total RAM in bytes.
+    public let size: UInt64
+    /// The memfd backing all regions, for snapshots and migration.
+    public let fileDescriptor: Int32
+
+    /// Creates `size` bytes of zeroed guest RAM.
+    public init(size: UInt64, options: MemoryOptions = MemoryOptions()) throws(GuestMemoryError) {
+        guard size >= Self.minimumSize else {
+            throw .invalidSize(size, reason: "at least \(Self.minimumSize >> 20) MiB is needed")
+        }
+        guard size % 4096 == 0 else { throw .invalidSize(size, reason: "must be a multiple of 4 KiB") }
+        guard size <= 1 << 46 else { throw .invalidSize(size, reason: "larger than the 64 TiB Tern supports") }
+        let fd = ckvm_memfd_create("tern-guest-ram")
+        guard fd >= 0 else { throw .backingFailed(operation: "memfd_create", errno: errno) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            let error = errno
+            close(fd)
+            throw .backingFailed(operation: "ftruncate", errno: error)
+        }
+        var regions: [MemoryRegion] = []
+        var offset: UInt64 = 0
+        for range in MemoryLayout32.ranges(forSize: size) {
+            let mapping = mmap(nil, Int(range.size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, off_t(offset))
+            guard let mapping, mapping != MAP_FAILED else {
+                let error = errno
+                for region in regions { munmap(region.host, Int(region.size)) }
+                close(fd)
+                throw .backingFailed(operation: "mmap", errno: error)
+            }
+            if options.mergeable { _ = madvise(mapping, Int(range.size), MADV_MERGEABLE) }
+            if options.hugePages { _ = madvise(mapping, Int(range.size), MADV_HUGEPAGE) }
+            regions.append(MemoryRegion(guestAddress: range.guestAddress, size: range.size, fileOffset: offset, host: mapping))
+            offset += range.size
+        }
+        self.regions = regions
+        self.size = size
+        fileDescriptor = fd
+    }
+
+    deinit {
+        for region in regions { munmap(region.host, Int(region.size)) }
+        close(fileDescriptor)
+    }
+
+    /// The host pointer for `[address, address + length)`, which must lie inside one region.
+    @inline(__always)
+    public func pointer(at address: UInt64, length: UInt64) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+        for region in regions where address >= region.guestAddress {
+            let offset = address - region.guestAddress
+            if offset < region.size && length <= region.size - offset {
+                return region.host.advanced(by: Int(offset))
+            }
+        }
+        throw .outOfRange(address: address, length: length)
+    }
+
+    /// Whether `[address, address + length)` lies inside one RAM region.
+    public func contains(_ address: UInt64, length: UInt64) -> Bool {
+        (try? pointer(at: address, length: length)) != nil
+    }
+
+    /// Copies `bytes` into guest memory at `address`.
+    public func write(_ bytes: UnsafeRawBufferPointer, at address: UInt64) throws(GuestMemoryError) {
+        let destination = try pointer(at: address, length: UInt64(bytes.count))
+        if let base = bytes.baseAddress { destination.copyMemory(from: base, byteCount: bytes.count) }
+    }
+
+    /// Copies `bytes` into guest memory at `address`.
+    public func write(_ bytes: [UInt8], at address: UInt64) throws(GuestMemoryError) {
+        let destination = try pointer(at: address, length: UInt64(bytes.count))
+        bytes.withUnsafeBytes { buffer in
+            if let base = buffer.baseAddress { destination.copyMemory(from: base, byteCount: buffer.count) }
+        }
+    }
+
+    /// Copies guest memory at `address` into `buffer`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at address: UInt64) throws(GuestMemoryError) {
+        let source = try pointer(at: address, length: UInt64(buffer.count))
+        if let base = buffer.baseAddress { base.copyMemory(from: source, byteCount: buffer.count) }
+    }
+
+    /// `count` bytes of guest memory at `address`.
+    public func bytes(at address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
+        let source = try pointer(at: address, length: UInt64(count))
+        return Array(UnsafeRawBufferPointer(start: source, count: count))
+    }
+
+    /// Reads a little-endian integer at `address` (any alignment).
+    @inline(__always)
+    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) throws(GuestMemoryError) -> T {
+        T(littleEndian: try pointer(at: address, length: UInt64(MemoryLayout<T>.size)).loadUnaligned(as: T.self))
+    }
+
+    /// Writes a little-endian integer at `address` (any alignment).
+    @inline(__always)
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(GuestMemoryError) {
+        try pointer(at: address, length: UInt64(MemoryLayout<T>.size)).storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    /// Zeroes `[address, address + length)`.
+    public func zero(at address: UInt64, length: UInt64) throws(GuestMemoryError) {
+        memset(try pointer(at: address, length: length), 0, Int(length))
+    }
+}

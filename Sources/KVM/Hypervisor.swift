@@ -1,0 +1,90 @@
+import CKVM
+import Glibc
+import X86
+
+/// An open handle on the host's KVM device (normally /dev/kvm).
+public final class Hypervisor: Sendable {
+    /// The KVM API version this code speaks.
+    public static let apiVersion: Int32 = 12
+
+    /// Capabilities Tern relies on, checked when the device is opened.
+    public static let requiredCapabilities: [(name: String, number: Int32)] = [
+        ("KVM_CAP_USER_MEMORY", KVM_CAP_USER_MEMORY),
+        ("KVM_CAP_IRQCHIP", KVM_CAP_IRQCHIP),
+        ("KVM_CAP_PIT2", KVM_CAP_PIT2),
+        ("KVM_CAP_SET_TSS_ADDR", KVM_CAP_SET_TSS_ADDR),
+        ("KVM_CAP_SET_IDENTITY_MAP_ADDR", KVM_CAP_SET_IDENTITY_MAP_ADDR),
+        ("KVM_CAP_EXT_CPUID", KVM_CAP_EXT_CPUID),
+        ("KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT),
+        ("KVM_CAP_MP_STATE", KVM_CAP_MP_STATE),
+        ("KVM_CAP_IRQ_ROUTING", KVM_CAP_IRQ_ROUTING),
+    ]
+
+    /// The device path this handle was opened from.
+    public let path: String
+    let descriptor: Descriptor
+    /// Size of each vCPU's shared kvm_run area.
+    public let vcpuMapSize: Int
+    /// How many memory slots a VM may have.
+    public let memorySlotLimit: Int
+
+    /// Opens the KVM device, checks the API version and every required capability.
+    public init(path: String = "/dev/kvm") throws(KVMError) {
+        self.path = path
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        if fd < 0 {
+            let error = errno
+            switch error {
+            case ENOENT, ENODEV, ENXIO: throw .deviceMissing(path: path)
+            case EACCES, EPERM: throw .permissionDenied(path: path)
+            default: throw .openFailed(path: path, errno: error)
+            }
+        }
+        descriptor = Descriptor(owning: fd)
+        let version = ioctl(fd, ckvm_KVM_GET_API_VERSION(), 0)
+        guard version == Self.apiVersion else {
+            if version < 0 { throw .notKVM(path: path) }
+            throw .unsupportedAPIVersion(version)
+        }
+        for capability in Self.requiredCapabilities where ioctl(fd, ckvm_KVM_CHECK_EXTENSION(), capability.number) <= 0 {
+            throw .missingCapability(capability.name)
+        }
+        vcpuMapSize = Int(try ioctlValue(fd, ckvm_KVM_GET_VCPU_MMAP_SIZE(), 0, "KVM_GET_VCPU_MMAP_SIZE"))
+        let slots = ioctl(fd, ckvm_KVM_CHECK_EXTENSION(), KVM_CAP_NR_MEMSLOTS)
+        memorySlotLimit = slots > 0 ? Int(slots) : 32
+    }
+
+    /// Whether the host's KVM reports `capability` (a KVM_CAP_* number); returns its value, 0 when absent.
+    public func capability(_ capability: Int32) -> Int32 {
+        max(0, ioctl(descriptor.raw, ckvm_KVM_CHECK_EXTENSION(), capability))
+    }
+
+    /// The CPUID leaves the host's KVM can present to a guest.
+    public func supportedCPUID() throws(KVMError) -> [CPUIDEntry] {
+        var capacity: UInt32 = 128
+        while true {
+            guard let buffer = ckvm_cpuid2_alloc(capacity) else { throw .ioctlFailed("KVM_GET_SUPPORTED_CPUID", errno: ENOMEM) }
+            defer { free(buffer) }
+            let result = ioctl(descriptor.raw, ckvm_KVM_GET_SUPPORTED_CPUID(), UnsafeMutableRawPointer(buffer))
+            if result < 0 {
+                if errno == E2BIG && capacity < 4096 {
+                    capacity *= 2
+                    continue
+                }
+                throw .ioctlFailed("KVM_GET_SUPPORTED_CPUID", errno: errno)
+            }
+            let entries = ckvm_cpuid2_entries(buffer)!
+            return (0..<Int(buffer.pointee.nent)).map { index in
+                let entry = entries[index]
+                return CPUIDEntry(function: entry.function, index: entry.index, flags: entry.flags,
+                                  eax: entry.eax, ebx: entry.ebx, ecx: entry.ecx, edx: entry.edx)
+            }
+        }
+    }
+
+    /// Creates an empty VM.
+    public func createVM() throws(KVMError) -> VirtualMachine {
+        let fd = try ioctlValue(descriptor.raw, ckvm_KVM_CREATE_VM(), 0, "KVM_CREATE_VM")
+        return VirtualMachine(descriptor: Descriptor(owning: fd), vcpuMapSize: vcpuMapSize)
+    }
+}

@@ -1,0 +1,141 @@
+import BootLoader
+import CKVM
+import Devices
+import Glibc
+import GuestMemory
+import KVM
+import Logging
+import Synchronization
+import X86
+
+/// Callbacks for observing a running machine.
+public struct MachineHooks: Sendable {
+    /// Called on each vCPU's thread after pinning and setup, before it first enters the guest.
+    public var vcpuStarted: (@Sendable (_ index: Int, _ threadID: Int32) -> Void)?
+
+    public init(vcpuStarted: (@Sendable (_ index: Int, _ threadID: Int32) -> Void)? = nil) {
+        self.vcpuStarted = vcpuStarted
+    }
+}
+
+/// A VM assembled from a `VMConfig`: KVM VM, guest RAM, devices and a loaded kernel, ready to run.
+public final class Machine: Sendable {
+    /// Guest-physical addresses of the pages KVM reserves for Intel's real-mode TSS and identity map, in the MMIO hole.
+    static let tssAddress: UInt64 = 0xFFFB_D000
+    static let identityMapAddress: UInt64 = 0xFFFB_C000
+
+    public let config: VMConfig
+    public let memory: GuestMemory
+    public let plan: BootPlan
+    let vm: VirtualMachine
+    let portBus: Bus
+    let mmioBus: Bus
+    let serial: Serial16550
+    let cpuid: CPUIDPolicy
+    let logger: Logger
+    let control = MachineControl()
+
+    /// Builds the VM. `console` overrides where guest console output goes (by default, `config.console`).
+    public init(config: VMConfig, console: (any ConsoleOutput)? = nil, logger: Logger = Logger(label: "tern")) throws(MachineError) {
+        do {
+            try config.validate()
+        } catch {
+            throw MachineError(error.description)
+        }
+        self.config = config
+        self.logger = logger
+        let hypervisor: Hypervisor
+        do {
+            hypervisor = try Hypervisor(path: config.kvmDevice)
+        } catch {
+            throw MachineError(error.description)
+        }
+        let vcpuLimit = Int(hypervisor.capability(KVM_CAP_MAX_VCPUS))
+        if vcpuLimit > 0 && config.cpus > vcpuLimit {
+            throw MachineError("--cpus \(config.cpus) exceeds this host's KVM limit of \(vcpuLimit) vCPUs")
+        }
+        if let pin = config.pin {
+            do { try pin.validate(vcpuCount: config.cpus, availableCPUs: Self.availableCPUs()) } catch { throw MachineError(error.description) }
+        }
+        if let vmmPin = config.vmmPin {
+            do { try vmmPin.validate(availableCPUs: Self.availableCPUs(), option: "--vmm-pin") } catch { throw MachineError(error.description) }
+        }
+
+        do {
+            vm = try hypervisor.createVM()
+            try vm.setTSSAddress(Self.tssAddress)
+            try vm.setIdentityMapAddress(Self.identityMapAddress)
+            try vm.createInterruptController()
+            try vm.createTimer()
+            cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), vcpuCount: config.cpus)
+        } catch {
+            throw MachineError(error.description)
+        }
+
+        do {
+            memory = try GuestMemory(size: config.memory.bytes,
+                                     options: MemoryOptions(mergeable: config.mergeable, hugePages: config.hugePages))
+        } catch {
+            throw MachineError("--memory \(config.memory): \(error)")
+        }
+        guard memory.regions.count <= hypervisor.memorySlotLimit else {
+            throw MachineError("guest RAM needs \(memory.regions.count) memory slots but KVM offers \(hypervisor.memorySlotLimit)")
+        }
+        do {
+            for (slot, region) in memory.regions.enumerated() {
+                try vm.mapMemory(slot: UInt32(slot), guestAddress: region.guestAddress, size: region.size, host: region.host)
+            }
+        } catch {
+            throw MachineError(error.description)
+        }
+
+        do {
+            plan = try KernelLoader.load(kernelPath: config.kernel, initrdPath: config.initrd,
+                                         commandLine: config.cmdline, into: memory)
+        } catch {
+            throw MachineError(error.description)
+        }
+
+        let output: any ConsoleOutput
+        if let console {
+            output = console
+        } else {
+            switch config.console {
+            case .stdio: output = FileDescriptorOutput(descriptor: STDOUT_FILENO, owned: false)
+            case .none: output = DiscardOutput()
+            case .file(let path):
+                do { output = try FileDescriptorOutput(appendingTo: path) } catch { throw MachineError(error.description) }
+            }
+        }
+        serial = Serial16550(output: output, interrupt: KVMInterruptLine(vm: vm, gsi: Serial16550.com1IRQ))
+
+        var ports = Bus()
+        let control = control
+        do {
+            try ports.register(serial, base: Serial16550.com1Base, length: 8)
+            try ports.register(I8042(onReset: { control.stop(.reset) }), base: I8042.dataPort, length: I8042.portSpan)
+            try ports.register(DebugExit(onExit: { control.stop(.guestExit($0)) }), base: DebugExit.port, length: 1)
+        } catch {
+            throw MachineError("device layout: \(error)")
+        }
+        portBus = ports
+        mmioBus = Bus()
+    }
+
+    /// Ends the VM with `outcome`, unless it has already ended. Safe from any thread.
+    public func stop(_ outcome: MachineOutcome) {
+        control.stop(outcome)
+    }
+
+    /// The kernel thread IDs of the vCPU threads that have started, by vCPU index.
+    public var vcpuThreadIDs: [Int: Int32] {
+        control.threadIDs
+    }
+
+    /// CPUs this process may run on.
+    public static func availableCPUs() -> [Int32] {
+        var cpus = [Int32](repeating: 0, count: 4096)
+        let count = ckvm_get_affinity(0, &cpus, Int32(cpus.count))
+        return count > 0 ? Array(cpus[0..<Int(count)]) : []
+    }
+}

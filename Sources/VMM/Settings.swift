@@ -1,0 +1,197 @@
+/// A setting a user gave that Tern cannot use. The description is one line naming the problem and the fix.
+public struct ConfigError: Error, Equatable, CustomStringConvertible {
+    public let description: String
+
+    public init(_ description: String) {
+        self.description = description
+    }
+}
+
+/// An amount of memory, written as bytes or with a K, M, G or T suffix (powers of 1024).
+public struct MemorySize: Equatable, Sendable, Codable, CustomStringConvertible {
+    public let bytes: UInt64
+
+    public init(bytes: UInt64) {
+        self.bytes = bytes
+    }
+
+    /// Parses "256M", "1G", "524288K" or a plain byte count.
+    public init(parsing text: String) throws(ConfigError) {
+        let trimmed = text.trimmingSpaces
+        var digits = Substring(trimmed)
+        if digits.last == "B" || digits.last == "b" { digits = digits.dropLast() }
+        if digits.last == "i" { digits = digits.dropLast() }
+        let shifts: [Character: UInt64] = ["K": 10, "M": 20, "G": 30, "T": 40, "k": 10, "m": 20, "g": 30, "t": 40]
+        var shift: UInt64 = 0
+        if let last = digits.last, let found = shifts[last] {
+            shift = found
+            digits = digits.dropLast()
+        }
+        guard let value = UInt64(digits), value > 0 else {
+            throw ConfigError("memory size '\(text)' is not a positive number with an optional K, M, G or T suffix, like 256M")
+        }
+        guard value <= UInt64.max >> shift else { throw ConfigError("memory size '\(text)' is too large") }
+        bytes = value << shift
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let bytes = try? container.decode(UInt64.self) {
+            self.bytes = bytes
+        } else {
+            self = try MemorySize(parsing: container.decode(String.self))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+
+    public var description: String {
+        for (suffix, shift) in [("T", UInt64(40)), ("G", 30), ("M", 20), ("K", 10)] where bytes % (1 << shift) == 0 {
+            return "\(bytes >> shift)\(suffix)"
+        }
+        return "\(bytes)"
+    }
+}
+
+/// A set of host CPUs, written like "3", "0-3" or "0-1+4" (ranges joined with '+').
+public struct CPUSet: Equatable, Sendable, Codable, CustomStringConvertible {
+    /// The CPU numbers, ascending and distinct.
+    public let cpus: [Int32]
+
+    public init(cpus: [Int32]) {
+        self.cpus = Array(Set(cpus)).sorted()
+    }
+
+    public init(parsing text: String) throws(ConfigError) {
+        var cpus: [Int32] = []
+        for part in text.split(separator: "+", omittingEmptySubsequences: false) {
+            let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+            guard bounds.count <= 2, let low = Int32(bounds[0]), low >= 0,
+                  let high = bounds.count == 2 ? Int32(bounds[1]) : low, high >= low, high < 4096 else {
+                throw ConfigError("CPU set '\(text)' is not valid; write a core (3), a range (0-3), or both joined with '+' (0-1+4)")
+            }
+            cpus.append(contentsOf: low...high)
+        }
+        self.init(cpus: cpus)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try CPUSet(parsing: decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+
+    public var description: String {
+        var parts: [String] = []
+        var index = 0
+        while index < cpus.count {
+            var end = index
+            while end + 1 < cpus.count && cpus[end + 1] == cpus[end] + 1 { end += 1 }
+            parts.append(end == index ? "\(cpus[index])" : "\(cpus[index])-\(cpus[end])")
+            index = end + 1
+        }
+        return parts.joined(separator: "+")
+    }
+}
+
+/// Host CPUs for each vCPU, written as one CPU set per vCPU separated by commas: "0,1" or "0-1,2-3".
+public struct PinList: Equatable, Sendable, Codable, CustomStringConvertible {
+    public let sets: [CPUSet]
+
+    public init(sets: [CPUSet]) {
+        self.sets = sets
+    }
+
+    public init(parsing text: String) throws(ConfigError) {
+        let trimmed = text.trimmingSpaces
+        guard !trimmed.isEmpty else { throw ConfigError("pin list is empty; give one host core per vCPU, like --pin 0,1") }
+        var sets: [CPUSet] = []
+        for entry in trimmed.split(separator: ",", omittingEmptySubsequences: false) {
+            do {
+                sets.append(try CPUSet(parsing: String(entry)))
+            } catch {
+                throw ConfigError("pin list '\(text)': entry '\(entry)' is not a core, range or '+'-joined set; write one per vCPU, like 0,1 or 0-1,2-3")
+            }
+        }
+        self.sets = sets
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try PinList(parsing: decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+
+    public var description: String { sets.map(\.description).joined(separator: ",") }
+
+    /// Checks that there is one set per vCPU and that every CPU is one this process may use.
+    public func validate(vcpuCount: Int, availableCPUs: [Int32]) throws(ConfigError) {
+        guard sets.count == vcpuCount else {
+            throw ConfigError("pin list '\(self)' has \(sets.count) entries for \(vcpuCount) vCPUs; give exactly one core or set per vCPU")
+        }
+        try CPUSet(cpus: sets.flatMap(\.cpus)).validate(availableCPUs: availableCPUs, option: "--pin")
+    }
+}
+
+extension CPUSet {
+    /// Checks that every CPU in the set is one this process may run on.
+    public func validate(availableCPUs: [Int32], option: String) throws(ConfigError) {
+        for cpu in cpus where !availableCPUs.contains(cpu) {
+            throw ConfigError("\(option): host core \(cpu) is not available; this process may use cores \(CPUSet(cpus: availableCPUs))")
+        }
+    }
+}
+
+/// Where the guest's serial console goes.
+public enum ConsoleSetting: Equatable, Sendable, Codable, CustomStringConvertible {
+    /// Guest output to stdout; stdin to the guest (raw mode on a terminal).
+    case stdio
+    /// No console.
+    case none
+    /// Guest output appended to a file.
+    case file(String)
+
+    public init(parsing text: String) throws(ConfigError) {
+        switch text {
+        case "stdio": self = .stdio
+        case "none": self = .none
+        default:
+            guard text.hasPrefix("file:"), text.count > 5 else {
+                throw ConfigError("console '\(text)' is not valid; use stdio, none or file:PATH")
+            }
+            self = .file(String(text.dropFirst(5)))
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try ConsoleSetting(parsing: decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+
+    public var description: String {
+        switch self {
+        case .stdio: return "stdio"
+        case .none: return "none"
+        case .file(let path): return "file:\(path)"
+        }
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        String(drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}

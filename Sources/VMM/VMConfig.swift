@@ -1,0 +1,109 @@
+import FoundationEssentials
+
+/// Everything needed to start a VM. `tern run` builds it from flags or from JSON (the schema the API uses).
+public struct VMConfig: Equatable, Sendable, Codable {
+    /// Guest kernel: an ELF64 image, booted through PVH when it carries the PVH note.
+    public var kernel: String
+    /// Optional initial ramdisk.
+    public var initrd: String?
+    /// Kernel command line.
+    public var cmdline: String
+    public var memory: MemorySize
+    public var cpus: Int
+    /// Host cores for each vCPU.
+    public var pin: PinList?
+    /// Host cores for the VMM's other threads.
+    public var vmmPin: CPUSet?
+    public var console: ConsoleSetting
+    /// Path of the KVM device.
+    public var kvmDevice: String
+    /// Let KSM merge identical guest pages.
+    public var mergeable: Bool
+    /// Back guest RAM with transparent huge pages.
+    public var hugePages: Bool
+
+    public static let defaultMemory = MemorySize(bytes: 256 << 20)
+    /// Most vCPUs a guest may have.
+    public static let maximumCPUs = 255
+
+    public init(kernel: String, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
+                cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
+                kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false) {
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.memory = memory
+        self.cpus = cpus
+        self.pin = pin
+        self.vmmPin = vmmPin
+        self.console = console
+        self.kvmDevice = kvmDevice
+        self.mergeable = mergeable
+        self.hugePages = hugePages
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable
+        case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages"
+    }
+
+    struct AnyKey: CodingKey {
+        let stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let known = Set(CodingKeys.allCases.map(\.rawValue))
+        for key in try decoder.container(keyedBy: AnyKey.self).allKeys where !known.contains(key.stringValue) {
+            throw ConfigError("unknown setting '\(key.stringValue)'; known settings are \(CodingKeys.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(
+            kernel: try container.decode(String.self, forKey: .kernel),
+            initrd: try container.decodeIfPresent(String.self, forKey: .initrd),
+            cmdline: try container.decodeIfPresent(String.self, forKey: .cmdline) ?? "",
+            memory: try container.decodeIfPresent(MemorySize.self, forKey: .memory) ?? Self.defaultMemory,
+            cpus: try container.decodeIfPresent(Int.self, forKey: .cpus) ?? 1,
+            pin: try container.decodeIfPresent(PinList.self, forKey: .pin),
+            vmmPin: try container.decodeIfPresent(CPUSet.self, forKey: .vmmPin),
+            console: try container.decodeIfPresent(ConsoleSetting.self, forKey: .console) ?? .stdio,
+            kvmDevice: try container.decodeIfPresent(String.self, forKey: .kvmDevice) ?? "/dev/kvm",
+            mergeable: try container.decodeIfPresent(Bool.self, forKey: .mergeable) ?? false,
+            hugePages: try container.decodeIfPresent(Bool.self, forKey: .hugePages) ?? false)
+    }
+
+    /// Decodes a JSON document; errors name the setting at fault.
+    public static func decode(json: [UInt8], source: String) throws(ConfigError) -> VMConfig {
+        do {
+            return try JSONDecoder().decode(VMConfig.self, from: Data(json))
+        } catch let error as ConfigError {
+            throw ConfigError("\(source): \(error.description)")
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw ConfigError("\(source): missing required setting '\(key.stringValue)'")
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw ConfigError("\(source): setting '\(path)' has the wrong type: \(context.debugDescription)")
+        } catch let DecodingError.dataCorrupted(context) {
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            if let underlying = context.underlyingError as? ConfigError {
+                throw ConfigError("\(source): \(underlying.description)")
+            }
+            throw ConfigError("\(source): \(path.isEmpty ? "not valid JSON" : "setting '\(path)' is invalid"): \(context.debugDescription)")
+        } catch {
+            throw ConfigError("\(source): \(error)")
+        }
+    }
+
+    /// Checks the settings that do not depend on the host.
+    public func validate() throws(ConfigError) {
+        guard (1...Self.maximumCPUs).contains(cpus) else {
+            throw ConfigError("--cpus \(cpus) is out of range; give 1 to \(Self.maximumCPUs)")
+        }
+        if let pin, pin.sets.count != cpus {
+            throw ConfigError("pin list '\(pin)' has \(pin.sets.count) entries for \(cpus) vCPUs; give exactly one core or set per vCPU")
+        }
+        guard memory.bytes % 4096 == 0 else { throw ConfigError("--memory \(memory) is not a multiple of 4 KiB") }
+    }
+}

@@ -1,0 +1,24 @@
+/// One CPUID leaf/subleaf result, as KVM reports and accepts it.
+public struct CPUIDEntry: Equatable, Sendable {
+    public var function: UInt32
+    public var index: UInt32
+    /// KVM_CPUID_FLAG_* bits (bit 0: the index is significant).
+    public var flags: UInt32
+    public var eax: UInt32
+    public var ebx: UInt32
+    public var ecx: UInt32
+    public var edx: UInt32
+
+    public init(function: UInt32, index: UInt32 = 0, flags: UInt32 = 0, eax: UInt32 = 0, ebx: UInt32 = 0, ecx: UInt32 = 0, edx: UInt32 = 0) {
+        self.function = function
+        self.index = index
+        self.flags = flags
+        self.eax = eax
+        self.ebx = ebx
+        self.ecx = ecx
+        self.edx = edx
+    }
+
+    /// KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry applies only to its own subleaf.
+    public static let significantIndex: UInt32 = 1
+}

@@ -1,0 +1,122 @@
+import ArgumentParser
+import Glibc
+import Logging
+import VMM
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot a VM and run it until it stops.",
+        discussion: """
+            The guest's serial console (COM1) is connected to this terminal; press Ctrl-A x to quit.
+            A guest ends the VM by writing a byte to I/O port 0x501 (tern exits with that byte as its status),
+            by resetting through the i8042 (exit status 0) or by powering off (exit status 0).
+            A guest that crashes (triple fault, an instruction KVM cannot emulate) gets a report on stderr and exit status 1;
+            a VM stopped by SIGINT, SIGTERM or the console escape exits with 130.
+            """)
+
+    @Option(help: ArgumentHelp("Read the VM's settings from a JSON file (keys: kernel, initrd, cmdline, memory, cpus, pin, vmm_pin, console, kvm_device, mergeable, huge_pages). Other flags override it.", valueName: "file"))
+    var config: String?
+
+    @Option(help: ArgumentHelp("The guest kernel: an ELF64 image, booted through PVH when it has the PVH note.", valueName: "file"))
+    var kernel: String?
+
+    @Option(help: ArgumentHelp("An initial ramdisk to pass to the kernel.", valueName: "file"))
+    var initrd: String?
+
+    @Option(help: ArgumentHelp("The kernel command line.", valueName: "string"))
+    var cmdline: String?
+
+    @Option(help: ArgumentHelp("Guest RAM, with a K, M, G or T suffix (default 256M).", valueName: "size"))
+    var memory: String?
+
+    @Option(help: ArgumentHelp("Number of vCPUs (default 1).", valueName: "n"))
+    var cpus: Int?
+
+    @Option(help: ArgumentHelp("Host cores for each vCPU, one entry per vCPU: 0,1 pins vCPU 0 to core 0 and vCPU 1 to core 1; an entry may be a range or a '+'-joined set (0-1,2+3).", valueName: "list"))
+    var pin: String?
+
+    @Option(name: .customLong("vmm-pin"), help: ArgumentHelp("Host cores for the VMM's own threads (console, main), e.g. 2 or 2-3.", valueName: "cpus"))
+    var vmmPin: String?
+
+    @Option(help: ArgumentHelp("Where the serial console goes: stdio, none or file:PATH (default stdio).", valueName: "target"))
+    var console: String?
+
+    @Option(name: .customLong("kvm-device"), help: ArgumentHelp("Path of the KVM device (default /dev/kvm).", valueName: "path"))
+    var kvmDevice: String?
+
+    @Flag(help: "Let KSM merge identical guest pages (MADV_MERGEABLE).")
+    var mergeable = false
+
+    @Flag(name: .customLong("huge-pages"), help: "Back guest RAM with transparent huge pages (MADV_HUGEPAGE).")
+    var hugePages = false
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() throws {
+        logging.bootstrap()
+        let settings: VMConfig
+        do {
+            settings = try resolveConfig()
+            try settings.validate()
+        } catch {
+            fail(error.description, status: 2)
+        }
+        let machine: Machine
+        do {
+            machine = try Machine(config: settings, logger: Logger(label: "tern"))
+        } catch {
+            fail(error.description)
+        }
+        let outcome = machine.run(forwardInput: true, handleSignals: true)
+        switch outcome {
+        case .crashed, .failed:
+            fail(outcome.description, status: outcome.exitStatus)
+        case .stoppedByHost:
+            Logger(label: "tern").info("\(outcome)")
+        default:
+            break
+        }
+        throw ExitCode(outcome.exitStatus)
+    }
+
+    /// Merges the JSON file (if any) with the flags; flags win.
+    func resolveConfig() throws(ConfigError) -> VMConfig {
+        var settings: VMConfig
+        if let config {
+            settings = try VMConfig.decode(json: try readFile(config), source: config)
+        } else {
+            guard let kernel else { throw ConfigError("no kernel given; pass --kernel FILE or --config FILE") }
+            settings = VMConfig(kernel: kernel)
+        }
+        if let kernel { settings.kernel = kernel }
+        if let initrd { settings.initrd = initrd }
+        if let cmdline { settings.cmdline = cmdline }
+        if let memory { settings.memory = try MemorySize(parsing: memory) }
+        if let cpus { settings.cpus = cpus }
+        if let pin { settings.pin = try PinList(parsing: pin) }
+        if let vmmPin { settings.vmmPin = try CPUSet(parsing: vmmPin) }
+        if let console { settings.console = try ConsoleSetting(parsing: console) }
+        if let kvmDevice { settings.kvmDevice = kvmDevice }
+        if mergeable { settings.mergeable = true }
+        if hugePages { settings.hugePages = true }
+        return settings
+    }
+
+    func readFile(_ path: String) throws(ConfigError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ConfigError("\(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(fd, &chunk, chunk.count)
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw ConfigError("\(path): \(String(cString: strerror(errno)))")
+            }
+            if count == 0 { return bytes }
+            bytes.append(contentsOf: chunk[0..<count])
+            guard bytes.count <= 1 << 20 else { throw ConfigError("\(path): larger than 1 MiB; is this a VM config?") }
+        }
+    }
+}
