@@ -29,8 +29,11 @@ public enum KernelLoader {
     public static let initrdLimit: UInt64 = MemoryLayout32.mmioHoleStart
 
     /// Loads `kernelPath` (and `initrdPath`) into `memory`. Errors name the offending file and the fix.
+    ///
+    /// - Parameter memoryIsZeroed: the memory is known to be all zeroes (freshly created), so the bytes a segment
+    ///   has in memory beyond its file contents (BSS) need no clearing; leaving them untouched keeps them off the host.
     public static func load(kernelPath: String, initrdPath: String?, commandLine: String,
-                            into memory: GuestMemory) throws(BootError) -> BootPlan {
+                            into memory: GuestMemory, memoryIsZeroed: Bool = false) throws(BootError) -> BootPlan {
         let kernel = try MappedFile(path: kernelPath)
         let image: ELFImage
         do {
@@ -46,7 +49,9 @@ public enum KernelLoader {
             do {
                 let destination = try memory.pointer(at: segment.physicalAddress, length: segment.memorySize)
                 destination.copyMemory(from: kernel.bytes.baseAddress!.advanced(by: Int(segment.fileOffset)), byteCount: Int(segment.fileSize))
-                destination.advanced(by: Int(segment.fileSize)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(segment.memorySize - segment.fileSize))
+                if !memoryIsZeroed {
+                    destination.advanced(by: Int(segment.fileSize)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(segment.memorySize - segment.fileSize))
+                }
             } catch {
                 throw BootError(path: kernelPath, reason: "segment \(index) (0x\(hex(segment.physicalAddress))+0x\(hex(segment.memorySize))) lies outside guest RAM of \(memory.size >> 20) MiB; give the guest more memory with --memory")
             }

@@ -177,6 +177,19 @@ public final class GuestMemory: Sendable {
         try pointer(at: address, length: UInt64(MemoryLayout<T>.size)).storeBytes(of: value.littleEndian, as: T.self)
     }
 
+    /// Bytes of guest RAM that are resident on the host: what the guest (and the loader) has touched.
+    public func residentBytes() -> UInt64 {
+        let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        var total: UInt64 = 0
+        for region in regions {
+            let pages = Int((region.size + page - 1) / page)
+            var vector = [UInt8](repeating: 0, count: pages)
+            guard mincore(region.host, Int(region.size), &vector) == 0 else { continue }
+            total += UInt64(vector.reduce(0) { $0 + Int($1 & 1) }) * page
+        }
+        return total
+    }
+
     /// Zeroes `[address, address + length)`.
     public func zero(at address: UInt64, length: UInt64) throws(GuestMemoryError) {
         memset(try pointer(at: address, length: length), 0, Int(length))

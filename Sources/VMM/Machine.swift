@@ -91,7 +91,7 @@ public final class Machine: Sendable {
 
         do {
             plan = try KernelLoader.load(kernelPath: config.kernel, initrdPath: config.initrd,
-                                         commandLine: config.cmdline, into: memory)
+                                         commandLine: config.cmdline, into: memory, memoryIsZeroed: true)
         } catch {
             throw MachineError(error.description)
         }

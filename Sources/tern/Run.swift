@@ -68,6 +68,7 @@ struct Run: ParsableCommand {
             fail(error.description)
         }
         let outcome = machine.run(forwardInput: true, handleSignals: true)
+        Logger(label: "tern").info("guest RAM resident: \(machine.memory.residentBytes() >> 10) KiB")
         switch outcome {
         case .crashed, .failed:
             fail(outcome.description, status: outcome.exitStatus)

@@ -41,6 +41,17 @@ func temporaryFile(_ bytes: [UInt8], name: String = "file") -> String {
         #expect(gdt == BootState.bootGDT(longMode: false)[2])
     }
 
+    @Test func bssIsClearedUnlessMemoryIsKnownZero() throws {
+        let memory = try GuestMemory(size: 16 << 20)
+        try memory.write([UInt8](repeating: 0xEE, count: 16), at: 0x10_0000)
+        let kernel = temporaryFile(ELFBuilder().build(), name: "bss")
+        defer { unlink(kernel) }
+        _ = try KernelLoader.load(kernelPath: kernel, initrdPath: nil, commandLine: "", into: memory, memoryIsZeroed: true)
+        #expect(try memory.bytes(at: 0x10_0003, count: 2) == [0xEE, 0xEE])
+        _ = try KernelLoader.load(kernelPath: kernel, initrdPath: nil, commandLine: "", into: memory)
+        #expect(try memory.bytes(at: 0x10_0003, count: 13) == [UInt8](repeating: 0, count: 13))
+    }
+
     @Test func plainELFEntersLongModeWithPageTables() throws {
         let memory = try GuestMemory(size: 16 << 20)
         var builder = ELFBuilder()
