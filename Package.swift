@@ -23,8 +23,13 @@ let package = Package(
         .target(name: "Devices"),
         // x86 architecture values: CPUID policy, descriptors, page tables, boot register state.
         .target(name: "X86"),
-        // Kernel image parsing and placement: ELF64, PVH start info.
-        .target(name: "BootLoader", dependencies: ["GuestMemory", "X86"]),
+        // Debian's compression libraries, for kernels decompressed on the host.
+        .systemLibrary(name: "CLzma", path: "Sources/CLzma"),
+        .systemLibrary(name: "CLz4", path: "Sources/CLz4"),
+        // One-shot, bounded gzip/xz/zstd/lz4 decompression.
+        .target(name: "Decompression", dependencies: ["CZlib", "CZstd", "CLzma", "CLz4"]),
+        // Kernel image parsing and placement: ELF64, PVH start info, bzImage.
+        .target(name: "BootLoader", dependencies: ["GuestMemory", "X86", "Decompression"]),
         // Assembles a machine from the layers above and runs it.
         .target(
             name: "VMM",
@@ -34,6 +39,8 @@ let package = Package(
             ]
         ),
         // System zlib (raw deflate for compressed qcow2 clusters) and libzstd (zstd clusters).
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd"),
         // Block devices: raw files and the qcow2 engine (backing chains, snapshots, compression). No KVM dependency.
         .executableTarget(
             name: "tern",
@@ -45,7 +52,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UnitTests",
-            dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM"]
+            dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM", "Decompression", "CZlib", "CZstd", "CLzma", "CLz4"]
         ),
         .testTarget(
             name: "IntegrationTests",

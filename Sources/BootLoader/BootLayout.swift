@@ -9,6 +9,8 @@ public enum BootLayout {
     public static let moduleList: UInt64 = 0x6040
     public static let memoryMap: UInt64 = 0x6100
     public static let maximumMemoryMapEntries = 128
+    /// The Linux boot protocol's `boot_params` (zero page).
+    public static let zeroPage: UInt64 = 0x7000
     /// The initial stack for 64-bit entries (grows down from here).
     public static let bootStack: UInt64 = 0x8FF0
     /// Identity page tables for 64-bit entries.

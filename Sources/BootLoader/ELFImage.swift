@@ -12,11 +12,14 @@ public enum ImageFormatError: Error, Equatable, CustomStringConvertible {
     case noLoadableSegments
     case noEntryPoint
     case malformedNote(String)
+    case bootProtocolTooOld(version: UInt16)
+    case no64BitEntry
+    case bzImageTruncated
 
     public var description: String {
         switch self {
         case .tooSmall(let size): return "only \(size) bytes, too small to be a kernel image"
-        case .badMagic: return "not an ELF image (bad magic); Tern boots ELF64 kernels with or without a PVH note"
+        case .badMagic: return "neither an ELF64 image nor a bzImage; Tern boots ELF vmlinux (PVH or 64-bit entry) and bzImage kernels"
         case .notELF64: return "32-bit ELF; Tern boots 64-bit (ELFCLASS64) images"
         case .notLittleEndian: return "big-endian ELF; x86-64 images are little-endian"
         case .notX86_64(let machine): return "ELF machine \(machine) is not x86-64 (62)"
@@ -27,6 +30,10 @@ public enum ImageFormatError: Error, Equatable, CustomStringConvertible {
         case .noLoadableSegments: return "no loadable (PT_LOAD) segments"
         case .noEntryPoint: return "no usable entry point (e_entry is 0 and there is no PVH note)"
         case .malformedNote(let reason): return "malformed ELF note: \(reason)"
+        case .bootProtocolTooOld(let version):
+            return "bzImage boot protocol \(version >> 8).\(String(version & 0xFF, radix: 16)) is older than 2.12, which the 64-bit entry needs; use a newer kernel"
+        case .no64BitEntry: return "bzImage has no 64-bit entry point (XLF_KERNEL_64 is clear); Tern boots 64-bit kernels"
+        case .bzImageTruncated: return "bzImage is truncated: its setup header points past the end of the file"
         }
     }
 }

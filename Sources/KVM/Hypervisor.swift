@@ -28,6 +28,19 @@ public final class Hypervisor: Sendable {
     /// How many memory slots a VM may have.
     public let memorySlotLimit: Int
 
+    /// How the host's KVM runs guests: with hardware virtualisation, or in software (the PVM module, as on nested
+    /// hosts without VMX/SVM), where guest ring 0 is instruction-emulated and some instructions are not emulated at all.
+    public enum Backend: String, Sendable {
+        case hardware
+        case software
+    }
+
+    /// The backend, read from the host's loaded KVM vendor module.
+    public var backend: Backend {
+        access("/sys/module/kvm_pvm", F_OK) == 0 && access("/sys/module/kvm_intel", F_OK) != 0
+            && access("/sys/module/kvm_amd", F_OK) != 0 ? .software : .hardware
+    }
+
     /// Opens the KVM device, checks the API version and every required capability.
     public init(path: String = "/dev/kvm") throws(KVMError) {
         self.path = path

@@ -203,6 +203,18 @@ public final class VCPU {
         }
     }
 
+    /// Delivers exception `vector` (without an error code) to the guest when it next runs, as if the CPU raised it.
+    public func injectException(vector: UInt8) throws(KVMError) {
+        var events = kvm_vcpu_events()
+        try ioctlStruct(descriptor.raw, ckvm_KVM_GET_VCPU_EVENTS(), &events, "KVM_GET_VCPU_EVENTS")
+        events.exception.injected = 1
+        events.exception.nr = vector
+        events.exception.has_error_code = 0
+        events.exception.error_code = 0
+        events.flags = 0
+        try ioctlStruct(descriptor.raw, ckvm_KVM_SET_VCPU_EVENTS(), &events, "KVM_SET_VCPU_EVENTS")
+    }
+
     /// Translates a guest-linear address through the vCPU's current page tables; nil when unmapped.
     public func translate(_ linearAddress: UInt64) -> UInt64? {
         var translation = kvm_translation()

@@ -67,7 +67,11 @@ public final class Machine: Sendable {
             try vm.setIdentityMapAddress(Self.identityMapAddress)
             try vm.createInterruptController()
             try vm.createTimer()
-            cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), vcpuCount: config.cpus)
+            let software = hypervisor.backend == .software
+            if software {
+                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding CMPXCHG16B, XSAVE and AVX from the guest")
+            }
+            cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), vcpuCount: config.cpus, softwareVirtualization: software)
         } catch {
             throw MachineError(error.description)
         }
@@ -91,7 +95,8 @@ public final class Machine: Sendable {
 
         do {
             plan = try KernelLoader.load(kernelPath: config.kernel, initrdPath: config.initrd,
-                                         commandLine: config.cmdline, into: memory, memoryIsZeroed: true)
+                                         commandLine: config.effectiveCommandLine, into: memory, memoryIsZeroed: true,
+                                         decompression: config.kernelDecompression)
         } catch {
             throw MachineError(error.description)
         }

@@ -125,6 +125,7 @@ extension Machine {
     private func runLoop(_ vcpu: VCPU, index: Int) {
         let ports = portBus
         let mmio = mmioBus
+        var assists = 0
         while !control.isStopping {
             let exit: VCPUExit
             do {
@@ -165,7 +166,12 @@ extension Machine {
                     control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
                                                                        exit: "KVM_EXIT_SYSTEM_EVENT type \(type) (guest crash)")))
                 }
+            case .internalError(let suberror, _) where Int32(suberror) == KVM_INTERNAL_ERROR_EMULATION
+                && InstructionAssist.handleEmulationFailure(vcpu, memory: memory):
+                assists += 1
+                continue
             case .internalError(let suberror, let data):
+                if assists > 0 { logger.info("vCPU \(index): completed \(assists) instructions the host's KVM could not emulate") }
                 control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
                                                                    exit: CrashReport.internalError(suberror: suberror, data: data))))
             case .failedEntry(let reason, let cpu):

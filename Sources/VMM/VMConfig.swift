@@ -1,3 +1,4 @@
+import BootLoader
 import FoundationEssentials
 
 /// Everything needed to start a VM. `tern run` builds it from flags or from JSON (the schema the API uses).
@@ -6,7 +7,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var kernel: String
     /// Optional initial ramdisk.
     public var initrd: String?
-    /// Kernel command line.
+    /// Kernel command line; empty means `defaultCommandLine`.
     public var cmdline: String
     public var memory: MemorySize
     public var cpus: Int
@@ -21,6 +22,15 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var mergeable: Bool
     /// Back guest RAM with transparent huge pages.
     public var hugePages: Bool
+    /// Where a bzImage's kernel is decompressed.
+    public var kernelDecompression: KernelDecompression
+
+    /// The command line a kernel gets when none is given: the console on COM1, and a panic or reboot that ends
+    /// the VM at once (through a triple fault, which Tern reports) instead of hanging or looking like success.
+    public static let defaultCommandLine = "console=ttyS0 reboot=t panic=-1"
+
+    /// The command line the kernel receives.
+    public var effectiveCommandLine: String { cmdline.isEmpty ? Self.defaultCommandLine : cmdline }
 
     public static let defaultMemory = MemorySize(bytes: 256 << 20)
     /// Most vCPUs a guest may have.
@@ -28,7 +38,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
 
     public init(kernel: String, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
-                kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false) {
+                kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
+                kernelDecompression: KernelDecompression = .host) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -40,11 +51,12 @@ public struct VMConfig: Equatable, Sendable, Codable {
         self.kvmDevice = kvmDevice
         self.mergeable = mergeable
         self.hugePages = hugePages
+        self.kernelDecompression = kernelDecompression
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable
-        case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages"
+        case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
     }
 
     struct AnyKey: CodingKey {
@@ -71,7 +83,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
             console: try container.decodeIfPresent(ConsoleSetting.self, forKey: .console) ?? .stdio,
             kvmDevice: try container.decodeIfPresent(String.self, forKey: .kvmDevice) ?? "/dev/kvm",
             mergeable: try container.decodeIfPresent(Bool.self, forKey: .mergeable) ?? false,
-            hugePages: try container.decodeIfPresent(Bool.self, forKey: .hugePages) ?? false)
+            hugePages: try container.decodeIfPresent(Bool.self, forKey: .hugePages) ?? false,
+            kernelDecompression: try container.decodeIfPresent(KernelDecompression.self, forKey: .kernelDecompression) ?? .host)
     }
 
     /// Decodes a JSON document; errors name the setting at fault.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BootLoader
 import Glibc
 import Logging
 import VMM
@@ -43,6 +44,9 @@ struct Run: ParsableCommand {
 
     @Option(name: .customLong("kvm-device"), help: ArgumentHelp("Path of the KVM device (default /dev/kvm).", valueName: "path"))
     var kvmDevice: String?
+
+    @Option(name: .customLong("kernel-decompression"), help: ArgumentHelp("For a bzImage: 'host' (default) unpacks the kernel here and boots it through PVH, skipping the guest's own decompressor; 'guest' boots the bzImage as is.", valueName: "where"))
+    var kernelDecompression: String?
 
     @Flag(help: "Let KSM merge identical guest pages (MADV_MERGEABLE).")
     var mergeable = false
@@ -98,6 +102,12 @@ struct Run: ParsableCommand {
         if let vmmPin { settings.vmmPin = try CPUSet(parsing: vmmPin) }
         if let console { settings.console = try ConsoleSetting(parsing: console) }
         if let kvmDevice { settings.kvmDevice = kvmDevice }
+        if let kernelDecompression {
+            guard let value = KernelDecompression(rawValue: kernelDecompression) else {
+                throw ConfigError("--kernel-decompression '\(kernelDecompression)' is not valid; use host or guest")
+            }
+            settings.kernelDecompression = value
+        }
         if mergeable { settings.mergeable = true }
         if hugePages { settings.hugePages = true }
         return settings

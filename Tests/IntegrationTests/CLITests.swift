@@ -53,7 +53,7 @@ import Testing
         defer { _ = unlinkFile(path) }
         let result = try runProcess([Repository.ternBinary(), "run", "--kernel", path])
         #expect(result.status == 1)
-        #expect(result.stderr == "tern: \(path): not an ELF image (bad magic); Tern boots ELF64 kernels with or without a PVH note\n")
+        #expect(result.stderr == "tern: \(path): neither an ELF64 image nor a bzImage; Tern boots ELF vmlinux (PVH or 64-bit entry) and bzImage kernels\n")
     }
 
     @Test func version() throws {

@@ -81,12 +81,11 @@ import VMM
 }
 
 @Suite(.serialized) struct CrashReportTests {
-    @Test(arguments: ["mmio-exec", "int3", "triple"])
+    @Test(arguments: ["mmio-exec", "triple"])
     func ringZeroFailureEndsTheVMWithAReport(mode: String) throws {
         let run = try boot(VMConfig(kernel: Repository.guest("crash"), cmdline: "mode=\(mode)"))
         guard case .crashed(let report) = run.outcome else {
-            // On a host with native ring 0, int3 is delivered to the guest's own handler instead.
-            #expect(mode == "int3" && run.outcome == .guestExit(0x7E), "unexpected outcome \(run.outcome)")
+            Issue.record("expected a crash report, got \(run.outcome)")
             return
         }
         #expect(report.contains("vCPU 0 stopped: KVM_EXIT_"))
@@ -104,6 +103,13 @@ import VMM
         }
         #expect(report.contains("KVM_EXIT_INTERNAL_ERROR suberror 1 (emulation failure"))
         #expect(report.contains("RIP 0xd0000000"))
+    }
+
+    @Test func ringZeroInt3ReachesTheGuestsBreakpointHandler() throws {
+        // Hardware hosts deliver #BP themselves; on software-virtualisation hosts Tern completes the int3 for KVM.
+        let run = try boot(VMConfig(kernel: Repository.guest("crash"), cmdline: "mode=int3"))
+        #expect(run.outcome == .guestExit(0x7E), "outcome: \(run.outcome)")
+        #expect(run.output.contains("guest: exception 3"))
     }
 
     @Test func guestExceptionInRingThreeIsHandledByTheGuest() throws {
@@ -133,7 +139,7 @@ import VMM
         _ = write(fd, Array(repeating: UInt8(0x42), count: 4096), 4096)
         close(fd)
         defer { unlink(path) }
-        #expect(buildError(VMConfig(kernel: path)).hasPrefix("\(path): not an ELF image"))
+        #expect(buildError(VMConfig(kernel: path)).hasPrefix("\(path): neither an ELF64 image nor a bzImage"))
     }
 
     @Test func tooLittleMemory() throws {

@@ -94,7 +94,7 @@ func temporaryFile(_ bytes: [UInt8], name: String = "file") -> String {
     }
 
     @Test func garbageAndMissingFilesNameTheFile() throws {
-        #expect(try loadError(Array("hello world, not a kernel at all".utf8) + [UInt8](repeating: 0, count: 64)).contains("not an ELF image"))
+        #expect(try loadError(Array("hello world, not a kernel at all".utf8) + [UInt8](repeating: 0, count: 64)).contains("neither an ELF64 image nor a bzImage"))
         let memory = try GuestMemory(size: 4 << 20)
         #expect(throws: BootError(path: "/nonexistent/kernel", reason: "No such file or directory")) {
             try KernelLoader.load(kernelPath: "/nonexistent/kernel", initrdPath: nil, commandLine: "", into: memory)

@@ -121,3 +121,22 @@ import X86
         #expect(entries[1024 + 3 * 512 + 511] == (0xFFE0_0000 | 0x83))
     }
 }
+
+@Suite struct SoftwareVirtualizationPolicyTests {
+    @Test func withholdsWhatTheEmulatorCannotRun() throws {
+        let supported = [
+            CPUIDEntry(function: 1, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
+            CPUIDEntry(function: 7, index: 0, flags: 1, ebx: 0xFFFF_FFFF),
+            CPUIDEntry(function: 0xD, index: 0, flags: 1, eax: 7),
+        ]
+        let entries = CPUIDPolicy(supported: supported, vcpuCount: 1, softwareVirtualization: true).entries(forVCPU: 0)
+        let leaf1 = try #require(entries.first { $0.function == 1 })
+        #expect(leaf1.ecx & (1 << 13) == 0)  // CMPXCHG16B
+        #expect(leaf1.ecx & (1 << 26) == 0)  // XSAVE
+        let leaf7 = try #require(entries.first { $0.function == 7 })
+        #expect(leaf7.ebx & (1 << 5) == 0)  // AVX2
+        #expect(!entries.contains { $0.function == 0xD })
+        let hardware = CPUIDPolicy(supported: supported, vcpuCount: 1).entries(forVCPU: 0)
+        #expect(hardware.first { $0.function == 1 }!.ecx & (1 << 26) != 0)
+    }
+}
