@@ -30,11 +30,14 @@ let package = Package(
         .target(name: "Decompression", dependencies: ["CZlib", "CZstd", "CLzma", "CLz4"]),
         // Kernel image parsing and placement: ELF64, PVH start info, bzImage.
         .target(name: "BootLoader", dependencies: ["GuestMemory", "X86", "Decompression"]),
+        // Firmware tables: ACPI (RSDP, XSDT, FADT, MADT, MCFG, DSDT with an AML builder) and the MP table. Stdlib only.
+        .target(name: "ACPI"),
+        .testTarget(name: "ACPITests", dependencies: ["ACPI", "Devices"]),
         // Assembles a machine from the layers above and runs it.
         .target(
             name: "VMM",
             dependencies: [
-                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "CKVM",
+                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

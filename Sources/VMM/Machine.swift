@@ -1,3 +1,4 @@
+import ACPI
 import BootLoader
 import CKVM
 import Devices
@@ -23,6 +24,10 @@ public final class Machine: Sendable {
     /// Guest-physical addresses of the pages KVM reserves for Intel's real-mode TSS and identity map, in the MMIO hole.
     static let tssAddress: UInt64 = 0xFFFB_D000
     static let identityMapAddress: UInt64 = 0xFFFB_C000
+    /// The ACPI tables (RSDP first, where ACPICA scans for it) and the MP table (the last KiB of base memory),
+    /// both inside the BIOS area the memory map reserves.
+    static let acpiBase: UInt64 = 0xE0000
+    static let mpTableBase: UInt64 = 0x9_FC00
 
     public let config: VMConfig
     public let memory: GuestMemory
@@ -45,6 +50,7 @@ public final class Machine: Sendable {
         self.config = config
         self.logger = logger
         let hypervisor: Hypervisor
+        let software: Bool
         do {
             hypervisor = try Hypervisor(path: config.kvmDevice)
         } catch {
@@ -67,9 +73,9 @@ public final class Machine: Sendable {
             try vm.setIdentityMapAddress(Self.identityMapAddress)
             try vm.createInterruptController()
             try vm.createTimer()
-            let software = hypervisor.backend == .software
+            software = hypervisor.backend == .software
             if software {
-                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding CMPXCHG16B, XSAVE and AVX from the guest")
+                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding CMPXCHG16B, XSAVE and AVX from the guest and adding 'noxsave' to its command line")
             }
             cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), vcpuCount: config.cpus, softwareVirtualization: software)
         } catch {
@@ -93,9 +99,19 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
 
+        let firmware: ACPITableSet
+        do {
+            firmware = try ACPIBuilder.build(PlatformDescription(vcpuCount: config.cpus), at: Self.acpiBase)
+            try memory.write(firmware.blob, at: firmware.baseAddress)
+            try memory.write(MPTable.build(vcpuCount: config.cpus, at: Self.mpTableBase), at: Self.mpTableBase)
+        } catch {
+            throw MachineError("firmware tables: \(error)")
+        }
+
         do {
             plan = try KernelLoader.load(kernelPath: config.kernel, initrdPath: config.initrd,
-                                         commandLine: config.effectiveCommandLine, into: memory, memoryIsZeroed: true,
+                                         commandLine: config.kernelCommandLine(softwareVirtualization: software), into: memory, memoryIsZeroed: true,
+                                         rsdpAddress: firmware.rsdpAddress,
                                          decompression: config.kernelDecompression)
         } catch {
             throw MachineError(error.description)
@@ -120,6 +136,9 @@ public final class Machine: Sendable {
             try ports.register(serial, base: Serial16550.com1Base, length: 8)
             try ports.register(I8042(onReset: { control.stop(.reset) }), base: I8042.dataPort, length: I8042.portSpan)
             try ports.register(DebugExit(onExit: { control.stop(.guestExit($0)) }), base: DebugExit.port, length: 1)
+            let highMemory = memory.regions.dropFirst().reduce(UInt64(0)) { $0 + $1.size }
+            try ports.register(CMOSRTC(memoryBelow4GiB: memory.size - highMemory, memoryAbove4GiB: highMemory),
+                               base: CMOSRTC.port, length: CMOSRTC.portSpan)
         } catch {
             throw MachineError("device layout: \(error)")
         }

@@ -32,6 +32,17 @@ public struct VMConfig: Equatable, Sendable, Codable {
     /// The command line the kernel receives.
     public var effectiveCommandLine: String { cmdline.isEmpty ? Self.defaultCommandLine : cmdline }
 
+    /// The command line the kernel gets. On software-virtualisation hosts it gains `noxsave` among the kernel's own
+    /// parameters (before a `--`, after which Linux passes words to init): their KVM reports XSAVE whatever the CPUID
+    /// policy says but cannot run XSAVE/XRSTOR in guest ring 0, and Linux honours `noxsave`.
+    public func kernelCommandLine(softwareVirtualization: Bool) -> String {
+        let line = effectiveCommandLine
+        guard softwareVirtualization else { return line }
+        var words = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        words.insert("noxsave", at: words.firstIndex(of: "--") ?? words.count)
+        return words.joined(separator: " ")
+    }
+
     public static let defaultMemory = MemorySize(bytes: 256 << 20)
     /// Most vCPUs a guest may have.
     public static let maximumCPUs = 255

@@ -50,7 +50,7 @@ import Testing
 
         var status: Int32 = 0
         var waited: pid_t = 0
-        for _ in 0..<100 {
+        for _ in 0..<400 {
             waited = waitpid(pid, &status, WNOHANG)
             if waited == pid { break }
             usleep(50_000)

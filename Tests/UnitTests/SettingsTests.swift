@@ -70,3 +70,16 @@ import VMM
         try VMConfig(kernel: "k", cpus: 2, pin: PinList(parsing: "0,1")).validate()
     }
 }
+
+@Suite struct CommandLineTests {
+    @Test func defaultCommandLineWhenNoneIsGiven() {
+        #expect(VMConfig(kernel: "k").effectiveCommandLine == VMConfig.defaultCommandLine)
+        #expect(VMConfig(kernel: "k", cmdline: "quiet").effectiveCommandLine == "quiet")
+    }
+
+    @Test func softwareVirtualizationAddsNoxsaveBeforeInitArguments() {
+        #expect(VMConfig(kernel: "k", cmdline: "quiet").kernelCommandLine(softwareVirtualization: true) == "quiet noxsave")
+        #expect(VMConfig(kernel: "k", cmdline: "quiet -- uname -r").kernelCommandLine(softwareVirtualization: true) == "quiet noxsave -- uname -r")
+        #expect(VMConfig(kernel: "k", cmdline: "quiet -- a -- b").kernelCommandLine(softwareVirtualization: false) == "quiet -- a -- b")
+    }
+}

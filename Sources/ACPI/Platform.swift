@@ -1,0 +1,82 @@
+/// What the firmware tables describe: the processors and the devices a guest cannot probe on its own.
+public struct PlatformDescription: Sendable, Equatable {
+    /// Number of vCPUs; their local APIC ids are 0 through `vcpuCount - 1`.
+    public var vcpuCount: Int
+    /// virtio-mmio transports, listed in the DSDT as `V000`, `V001`, ...
+    public var virtioMMIO: [VirtioMMIODevice]
+    /// A PCI Express host bridge, listed in the DSDT as `PCI0` with its ECAM in the MCFG.
+    public var pciHostBridge: PCIHostBridge?
+
+    public init(vcpuCount: Int, virtioMMIO: [VirtioMMIODevice] = [], pciHostBridge: PCIHostBridge? = nil) {
+        self.vcpuCount = vcpuCount
+        self.virtioMMIO = virtioMMIO
+        self.pciHostBridge = pciHostBridge
+    }
+
+    /// The most vCPUs the tables describe: xAPIC ids are 8 bits, and 0xFF is the broadcast id.
+    public static let maxVCPUs = 255
+    /// Guest-physical address of every local APIC.
+    public static let localAPICAddress: UInt32 = 0xFEE0_0000
+    /// Guest-physical address of the single I/O APIC, whose pins are GSIs 0 and up.
+    public static let ioAPICAddress: UInt32 = 0xFEC0_0000
+
+    /// The I/O APIC's id: the first one after the local APICs', so the two never collide (MP spec 1.4, 4.3.3).
+    var ioAPICID: UInt8 { UInt8(clamping: vcpuCount) }
+}
+
+/// A virtio-mmio transport: its register window and the GSI its interrupt is wired to (level, active high).
+public struct VirtioMMIODevice: Sendable, Equatable {
+    public var base: UInt32
+    public var size: UInt32
+    public var gsi: UInt32
+
+    public init(base: UInt32, size: UInt32, gsi: UInt32) {
+        self.base = base
+        self.size = size
+        self.gsi = gsi
+    }
+}
+
+/// A PCI Express host bridge on segment 0: its ECAM and the windows it forwards to its buses.
+public struct PCIHostBridge: Sendable, Equatable {
+    /// Address of bus 0's configuration space, as the MCFG states it even when `busRange` starts above 0.
+    public var ecamBase: UInt64
+    /// Buses decoded below the bridge; the first is its `_BBN`.
+    public var busRange: ClosedRange<UInt8>
+    /// The 32-bit MMIO window for BARs.
+    public var mmio32: ClosedRange<UInt32>
+    /// The 64-bit MMIO window for BARs.
+    public var mmio64: ClosedRange<UInt64>
+
+    public init(ecamBase: UInt64, busRange: ClosedRange<UInt8>, mmio32: ClosedRange<UInt32>, mmio64: ClosedRange<UInt64>) {
+        self.ecamBase = ecamBase
+        self.busRange = busRange
+        self.mmio32 = mmio32
+        self.mmio64 = mmio64
+    }
+}
+
+/// Why a platform cannot be described.
+public enum ACPIError: Error, Equatable, CustomStringConvertible {
+    /// The vCPU count is outside 1...`PlatformDescription.maxVCPUs`.
+    case vcpuCount(Int)
+    /// The tables must start 16-byte aligned, where the RSDP goes.
+    case misalignedBase(UInt64)
+    /// More virtio-mmio devices than the 4096 names `V000`...`VFFF`.
+    case tooManyVirtioMMIODevices(Int)
+    /// A PCI MMIO window spans its whole address space, so its size does not fit the descriptor.
+    case pciWindowTooLarge
+
+    public var description: String {
+        switch self {
+        case .vcpuCount(let count):
+            "cannot describe \(count) vCPUs: ACPI and MP tables hold 1 to \(PlatformDescription.maxVCPUs)"
+        case .misalignedBase(let base):
+            "ACPI tables at 0x\(String(base, radix: 16)) are not 16-byte aligned"
+        case .tooManyVirtioMMIODevices(let count):
+            "\(count) virtio-mmio devices exceed the 4096 the DSDT can name"
+        case .pciWindowTooLarge:
+            "a PCI MMIO window cannot span its whole address space"
+        }
+    }
+}
