@@ -45,10 +45,14 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd"),
         // Block devices: raw files and the qcow2 engine (backing chains, snapshots, compression). No KVM dependency.
+        // Initramfs images: a cpio newc writer, modules.dep resolution, busybox and the /init script. Stdlib + Glibc.
+        .target(name: "Initramfs"),
+        .testTarget(name: "InitramfsTests", dependencies: ["Initramfs"]),
         .executableTarget(
             name: "tern",
             dependencies: [
                 "VMM",
+                "Initramfs",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -59,7 +63,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["VMM", "KVM", "CKVM"]
+            dependencies: ["VMM", "KVM", "CKVM", "Initramfs"]
         ),
     ],
     swiftLanguageModes: [.v6]

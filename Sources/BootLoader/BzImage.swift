@@ -58,6 +58,20 @@ public struct SetupHeader: Equatable, Sendable {
         }
     }
 
+    /// The kernel release a bzImage names in its setup code (the first word of its version string, e.g.
+    /// "6.1.0-9-amd64"), or nil when the file has none.
+    public static func kernelRelease(_ bytes: UnsafeRawBufferPointer) -> String? {
+        guard matches(bytes), bytes.count >= 0x210 else { return nil }
+        let pointer = Int(bytes.le16(0x20E))
+        guard pointer != 0 else { return nil }
+        let start = 0x200 + pointer
+        guard start < bytes.count else { return nil }
+        var end = start
+        while end < bytes.count && end - start < 256 && bytes[end] != 0 && bytes[end] != 0x20 { end += 1 }
+        guard end > start else { return nil }
+        return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+    }
+
     /// File offset of the protected-mode kernel (after the real-mode setup sectors).
     public var protectedModeOffset: Int { (setupSectors + 1) * 512 }
 }

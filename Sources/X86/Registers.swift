@@ -9,6 +9,50 @@ public struct GeneralRegisters: Equatable, Sendable {
     public var rflags: UInt64 = 0x2
 
     public init() {}
+
+    /// The register with x86 encoding `number` (0 = RAX ... 7 = RDI, 8 = R8 ... 15 = R15).
+    public subscript(encoding number: Int) -> UInt64 {
+        get {
+            switch number & 15 {
+            case 0: rax
+            case 1: rcx
+            case 2: rdx
+            case 3: rbx
+            case 4: rsp
+            case 5: rbp
+            case 6: rsi
+            case 7: rdi
+            case 8: r8
+            case 9: r9
+            case 10: r10
+            case 11: r11
+            case 12: r12
+            case 13: r13
+            case 14: r14
+            default: r15
+            }
+        }
+        set {
+            switch number & 15 {
+            case 0: rax = newValue
+            case 1: rcx = newValue
+            case 2: rdx = newValue
+            case 3: rbx = newValue
+            case 4: rsp = newValue
+            case 5: rbp = newValue
+            case 6: rsi = newValue
+            case 7: rdi = newValue
+            case 8: r8 = newValue
+            case 9: r9 = newValue
+            case 10: r10 = newValue
+            case 11: r11 = newValue
+            case 12: r12 = newValue
+            case 13: r13 = newValue
+            case 14: r14 = newValue
+            default: r15 = newValue
+            }
+        }
+    }
 }
 
 /// A segment register in its hidden, descriptor-cache form.
