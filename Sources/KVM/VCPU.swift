@@ -171,6 +171,47 @@ public final class VCPU {
         try ioctlStruct(descriptor.raw, ckvm_KVM_SET_FPU(), &fpu, "KVM_SET_FPU")
     }
 
+    /// The x87/SSE state in the 512-byte FXSAVE64 layout (FCW, FSW, abridged FTW, FOP, FIP, FDP, MXCSR, ST0–7, XMM0–15).
+    public func floatingPointImage() throws(KVMError) -> [UInt8] {
+        var fpu = kvm_fpu()
+        try ioctlStruct(descriptor.raw, ckvm_KVM_GET_FPU(), &fpu, "KVM_GET_FPU")
+        var image = [UInt8](repeating: 0, count: 512)
+        image.withUnsafeMutableBytes { area in
+            area.storeBytes(of: fpu.fcw.littleEndian, toByteOffset: 0, as: UInt16.self)
+            area.storeBytes(of: fpu.fsw.littleEndian, toByteOffset: 2, as: UInt16.self)
+            area.storeBytes(of: fpu.ftwx, toByteOffset: 4, as: UInt8.self)
+            area.storeBytes(of: fpu.last_opcode.littleEndian, toByteOffset: 6, as: UInt16.self)
+            area.storeBytes(of: fpu.last_ip.littleEndian, toByteOffset: 8, as: UInt64.self)
+            area.storeBytes(of: fpu.last_dp.littleEndian, toByteOffset: 16, as: UInt64.self)
+            area.storeBytes(of: fpu.mxcsr.littleEndian, toByteOffset: 24, as: UInt32.self)
+            area.storeBytes(of: Self.mxcsrMask.littleEndian, toByteOffset: 28, as: UInt32.self)
+            withUnsafeBytes(of: fpu.fpr) { area.baseAddress!.advanced(by: 32).copyMemory(from: $0.baseAddress!, byteCount: 128) }
+            withUnsafeBytes(of: fpu.xmm) { area.baseAddress!.advanced(by: 160).copyMemory(from: $0.baseAddress!, byteCount: 256) }
+        }
+        return image
+    }
+
+    /// Loads x87/SSE state from a 512-byte FXSAVE64 image, as FXRSTOR does.
+    public func restoreFloatingPointImage(_ image: [UInt8]) throws(KVMError) {
+        precondition(image.count >= 512, "an FXSAVE image is 512 bytes")
+        var fpu = kvm_fpu()
+        image.withUnsafeBytes { area in
+            fpu.fcw = UInt16(littleEndian: area.loadUnaligned(fromByteOffset: 0, as: UInt16.self))
+            fpu.fsw = UInt16(littleEndian: area.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+            fpu.ftwx = area[4]
+            fpu.last_opcode = UInt16(littleEndian: area.loadUnaligned(fromByteOffset: 6, as: UInt16.self))
+            fpu.last_ip = UInt64(littleEndian: area.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            fpu.last_dp = UInt64(littleEndian: area.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+            fpu.mxcsr = UInt32(littleEndian: area.loadUnaligned(fromByteOffset: 24, as: UInt32.self)) & Self.mxcsrMask
+            withUnsafeMutableBytes(of: &fpu.fpr) { $0.baseAddress!.copyMemory(from: area.baseAddress!.advanced(by: 32), byteCount: 128) }
+            withUnsafeMutableBytes(of: &fpu.xmm) { $0.baseAddress!.copyMemory(from: area.baseAddress!.advanced(by: 160), byteCount: 256) }
+        }
+        try ioctlStruct(descriptor.raw, ckvm_KVM_SET_FPU(), &fpu, "KVM_SET_FPU")
+    }
+
+    /// MXCSR bits the vCPU implements (DAZ included), as FXSAVE reports in MXCSR_MASK.
+    public static let mxcsrMask: UInt32 = 0xFFFF
+
     /// Sets the CPUID this vCPU reports.
     public func setCPUID(_ entries: [CPUIDEntry]) throws(KVMError) {
         guard let buffer = ckvm_cpuid2_alloc(UInt32(entries.count)) else { throw .ioctlFailed("KVM_SET_CPUID2", errno: ENOMEM) }
