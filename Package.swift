@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "tern", targets: ["tern"]),
         .library(name: "VMM", targets: ["VMM"]),
+        .library(name: "Qcow2", targets: ["Qcow2"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -45,6 +46,7 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd"),
         // Block devices: raw files and the qcow2 engine (backing chains, snapshots, compression). No KVM dependency.
+        .target(name: "Qcow2", dependencies: ["CZlib", "CZstd"]),
         // Initramfs images: a cpio newc writer, modules.dep resolution, busybox and the /init script. Stdlib + Glibc.
         .target(name: "Initramfs"),
         .testTarget(name: "InitramfsTests", dependencies: ["Initramfs"]),
@@ -52,6 +54,7 @@ let package = Package(
             name: "tern",
             dependencies: [
                 "VMM",
+                "Qcow2",
                 "Initramfs",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -61,6 +64,7 @@ let package = Package(
             name: "UnitTests",
             dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM", "Decompression", "CZlib", "CZstd", "CLzma", "CLz4"]
         ),
+        .testTarget(name: "Qcow2Tests", dependencies: ["Qcow2"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["VMM", "KVM", "CKVM", "Initramfs"]

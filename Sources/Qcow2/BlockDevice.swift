@@ -1,0 +1,355 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Synchronization
+
+/// Every failure of the disk layer. `description` is one line that names the problem.
+public enum DiskError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// A system call failed.
+    case io(String, errno: Int32)
+    /// The image is damaged or hostile: a pointer, size or table does not make sense.
+    case corrupt(String)
+    /// A valid image uses something this engine does not implement.
+    case unsupported(String)
+    /// The image (or file) was opened read-only, or the corrupt bit forbids writes.
+    case readOnly(String)
+    /// A request falls outside the device.
+    case outOfRange(offset: UInt64, length: UInt64, size: UInt64)
+    /// A bad argument from the caller (size, cluster size, option).
+    case invalidArgument(String)
+    /// The fault injector stopped the write stream (tests only).
+    case injectedFault
+
+    public var description: String {
+        switch self {
+        case .io(let what, let e): return "\(what): \(String(cString: strerror(e)))"
+        case .corrupt(let s): return "image is corrupt: \(s)"
+        case .unsupported(let s): return "unsupported: \(s)"
+        case .readOnly(let s): return "read-only: \(s)"
+        case .outOfRange(let o, let l, let s):
+            return "request at offset \(o) length \(l) is past the end of the device (\(s) bytes)"
+        case .invalidArgument(let s): return s
+        case .injectedFault: return "injected write fault"
+        }
+    }
+}
+
+/// A block device: what virtio-blk (and `tern image`) reads and writes.
+public protocol BlockBackend: Sendable {
+    /// Size of the device in bytes.
+    var virtualSize: UInt64 { get }
+    /// Reads `buffer.count` bytes at `offset`.
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DiskError)
+    /// Writes `buffer.count` bytes at `offset`.
+    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(DiskError)
+    /// Makes every completed write durable.
+    func flush() throws(DiskError)
+    /// Hints that a range is no longer needed; later reads return zeros or the backing file's data.
+    func discard(at offset: UInt64, length: UInt64) throws(DiskError)
+    /// Makes a range read as zeros, deallocating where the format allows.
+    func writeZeroes(at offset: UInt64, length: UInt64) throws(DiskError)
+}
+
+/// Positioned file I/O under a block backend. The fault injector implements this too.
+public protocol FileIO: Sendable {
+    /// Reads exactly `buffer.count` bytes; bytes past the end of the file read as zero.
+    func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError)
+    /// Writes all of `buffer` at `offset`, extending the file if needed.
+    func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError)
+    func size() throws(DiskError) -> UInt64
+    func truncate(_ size: UInt64) throws(DiskError)
+    func sync() throws(DiskError)
+    /// Deallocates a range (hole punching). Reads of it then return zeros. Best effort.
+    func punchHole(at offset: UInt64, length: UInt64)
+    /// Reserves space for a range (posix_fallocate). Best effort.
+    func allocate(at offset: UInt64, length: UInt64) throws(DiskError)
+    var isWritable: Bool { get }
+}
+
+extension FileIO {
+    func readBytes(at offset: UInt64, count: Int) throws(DiskError) -> [UInt8] {
+        var a = [UInt8](repeating: 0, count: count)
+        try rw(&a) { (b) throws(DiskError) in try pread(b, at: offset) }
+        return a
+    }
+    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(DiskError) {
+        try ro(bytes) { (b) throws(DiskError) in try pwrite(b, at: offset) }
+    }
+}
+
+@_silgen_name("fallocate")
+func c_fallocate(_ fd: Int32, _ mode: Int32, _ offset: off_t, _ len: off_t) -> Int32
+
+/// A file opened with open(2). Thread-safe: every call is a positioned system call.
+public final class PosixFile: FileIO {
+    public let fd: Int32
+    public let path: String
+    public let isWritable: Bool
+
+    public init(path: String, writable: Bool, create: Bool = false, exclusive: Bool = false) throws(DiskError) {
+        var flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC
+        if create { flags |= O_CREAT }
+        if exclusive { flags |= O_EXCL }
+        let fd = open(path, flags, 0o644)
+        if fd < 0 { throw .io("cannot open \(path)", errno: errno) }
+        self.fd = fd
+        self.path = path
+        self.isWritable = writable
+    }
+
+    deinit { close(fd) }
+
+    public func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io("read \(path)", errno: errno)
+            }
+            if n == 0 {
+                // Past the end of the file: the rest reads as zeros.
+                (buffer.baseAddress! + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done)
+                return
+            }
+            done += n
+        }
+    }
+
+    public func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io("write \(path)", errno: errno)
+            }
+            done += n
+        }
+    }
+
+    public func size() throws(DiskError) -> UInt64 {
+        var st = stat()
+        if fstat(fd, &st) != 0 { throw .io("stat \(path)", errno: errno) }
+        if (st.st_mode & S_IFMT) == S_IFBLK {
+            let end = lseek(fd, 0, SEEK_END)
+            if end < 0 { throw .io("seek \(path)", errno: errno) }
+            return UInt64(end)
+        }
+        return UInt64(st.st_size)
+    }
+
+    /// Bytes the file occupies on disk.
+    public func allocatedBytes() -> UInt64 {
+        var st = stat()
+        if fstat(fd, &st) != 0 { return 0 }
+        return UInt64(st.st_blocks) * 512
+    }
+
+    public func truncate(_ size: UInt64) throws(DiskError) {
+        if ftruncate(fd, off_t(size)) != 0 { throw .io("truncate \(path)", errno: errno) }
+    }
+
+    public func sync() throws(DiskError) {
+        if fdatasync(fd) != 0 { throw .io("sync \(path)", errno: errno) }
+    }
+
+    public func punchHole(at offset: UInt64, length: UInt64) {
+        // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        _ = c_fallocate(fd, 0x02 | 0x01, off_t(offset), off_t(length))
+    }
+
+    public func allocate(at offset: UInt64, length: UInt64) throws(DiskError) {
+        let r = posix_fallocate(fd, off_t(offset), off_t(length))
+        if r != 0 { throw .io("allocate space in \(path)", errno: r) }
+    }
+}
+
+/// An in-memory file, for fuzzing and tests.
+public final class MemoryFile: FileIO {
+    private let bytes: Mutex<[UInt8]>
+    public let isWritable: Bool
+    /// Writes or truncations past this size fail with EFBIG.
+    public let maxSize: UInt64
+
+    public init(_ contents: [UInt8] = [], writable: Bool = true, maxSize: UInt64 = 1 << 40) {
+        bytes = Mutex(contents)
+        isWritable = writable
+        self.maxSize = maxSize
+    }
+
+    public var contents: [UInt8] { bytes.withLock { $0 } }
+
+    public func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        bytes.withLock { b in
+            buffer.initializeMemory(as: UInt8.self, repeating: 0)
+            guard offset < UInt64(b.count) else { return }
+            let n = min(buffer.count, b.count - Int(offset))
+            b.withUnsafeBytes { src in
+                buffer.baseAddress!.copyMemory(from: src.baseAddress! + Int(offset), byteCount: n)
+            }
+        }
+    }
+
+    public func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        guard offset + UInt64(buffer.count) <= maxSize else { throw .io("write memory file", errno: EFBIG) }
+        bytes.withLock { b in
+            let end = Int(offset) + buffer.count
+            if end > b.count { b.append(contentsOf: repeatElement(0, count: end - b.count)) }
+            b.withUnsafeMutableBytes { dst in
+                if buffer.count > 0 { (dst.baseAddress! + Int(offset)).copyMemory(from: buffer.baseAddress!, byteCount: buffer.count) }
+            }
+        }
+    }
+
+    public func size() throws(DiskError) -> UInt64 { bytes.withLock { UInt64($0.count) } }
+
+    public func truncate(_ size: UInt64) throws(DiskError) {
+        guard size <= maxSize else { throw .io("truncate memory file", errno: EFBIG) }
+        bytes.withLock { b in
+            if Int(size) < b.count { b.removeLast(b.count - Int(size)) }
+            else { b.append(contentsOf: repeatElement(0, count: Int(size) - b.count)) }
+        }
+    }
+
+    public func sync() throws(DiskError) {}
+    public func punchHole(at offset: UInt64, length: UInt64) {}
+    public func allocate(at offset: UInt64, length: UInt64) throws(DiskError) {
+        let s = try size()
+        if offset + length > s { try truncate(offset + length) }
+    }
+}
+
+/// Passes I/O through to another file until `limit` mutating operations (writes and
+/// truncates) have completed, then fails every later one: a crash at that point.
+public final class FaultInjectingFile: FileIO {
+    public let base: any FileIO
+    private let state: Mutex<(done: Int, limit: Int)>
+
+    public init(_ base: any FileIO, failAfter limit: Int) {
+        self.base = base
+        self.state = Mutex((0, limit))
+    }
+
+    public var isWritable: Bool { base.isWritable }
+    /// Mutating operations performed so far.
+    public var operations: Int { state.withLock { $0.done } }
+
+    private func admit() throws(DiskError) {
+        let ok = state.withLock { s -> Bool in
+            if s.done >= s.limit { return false }
+            s.done += 1
+            return true
+        }
+        if !ok { throw .injectedFault }
+    }
+
+    public func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        try base.pread(buffer, at: offset)
+    }
+    public func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        try admit()
+        try base.pwrite(buffer, at: offset)
+    }
+    public func size() throws(DiskError) -> UInt64 { try base.size() }
+    public func truncate(_ size: UInt64) throws(DiskError) {
+        try admit()
+        try base.truncate(size)
+    }
+    public func sync() throws(DiskError) { try base.sync() }
+    public func punchHole(at offset: UInt64, length: UInt64) {
+        if (try? admit()) != nil { base.punchHole(at: offset, length: length) }
+    }
+    public func allocate(at offset: UInt64, length: UInt64) throws(DiskError) {
+        try admit()
+        try base.allocate(at: offset, length: length)
+    }
+}
+
+/// A raw image: the file is the disk.
+public final class RawBackend: BlockBackend {
+    public let file: any FileIO
+    public let virtualSize: UInt64
+
+    public init(file: any FileIO) throws(DiskError) {
+        self.file = file
+        self.virtualSize = try file.size()
+    }
+
+    public convenience init(path: String, writable: Bool) throws(DiskError) {
+        try self.init(file: PosixFile(path: path, writable: writable))
+    }
+
+    @inline(__always) private func checkRange(_ offset: UInt64, _ count: UInt64) throws(DiskError) {
+        let (end, o) = offset.addingReportingOverflow(count)
+        if o || end > virtualSize { throw .outOfRange(offset: offset, length: count, size: virtualSize) }
+    }
+
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DiskError) {
+        try checkRange(offset, UInt64(buffer.count))
+        try file.pread(buffer, at: offset)
+    }
+
+    public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(DiskError) {
+        guard file.isWritable else { throw .readOnly("raw image opened read-only") }
+        try checkRange(offset, UInt64(buffer.count))
+        try file.pwrite(buffer, at: offset)
+    }
+
+    public func flush() throws(DiskError) { try file.sync() }
+
+    public func discard(at offset: UInt64, length: UInt64) throws(DiskError) {
+        guard file.isWritable else { throw .readOnly("raw image opened read-only") }
+        try checkRange(offset, length)
+        file.punchHole(at: offset, length: length)
+    }
+
+    public func writeZeroes(at offset: UInt64, length: UInt64) throws(DiskError) {
+        guard file.isWritable else { throw .readOnly("raw image opened read-only") }
+        try checkRange(offset, length)
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        var o = offset
+        let end = offset + length
+        while o < end {
+            let n = Int(min(UInt64(zeros.count), end - o))
+            try file.pwrite(UnsafeRawBufferPointer(rebasing: zeros[0..<n]), at: o)
+            o += UInt64(n)
+        }
+    }
+}
+
+/// Reads `count` bytes from a backend at `offset`, zero-filling anything past its end.
+func readClamped(_ dev: any BlockBackend, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DiskError) {
+    let size = dev.virtualSize
+    if offset >= size {
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        return
+    }
+    let n = Int(min(UInt64(buffer.count), size - offset))
+    try dev.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]))
+    if n < buffer.count {
+        UnsafeMutableRawBufferPointer(rebasing: buffer[n...]).initializeMemory(as: UInt8.self, repeating: 0)
+    }
+}
+
+/// `Array.withUnsafeBytes` with a typed-throwing body.
+@inline(__always)
+func ro<T, R>(_ a: [T], _ body: (UnsafeRawBufferPointer) throws(DiskError) -> R) throws(DiskError) -> R {
+    let r: Result<R, DiskError> = a.withUnsafeBytes { p in
+        do throws(DiskError) { return .success(try body(p)) } catch { return .failure(error) }
+    }
+    return try r.get()
+}
+
+/// `Array.withUnsafeMutableBytes` with a typed-throwing body.
+@inline(__always)
+func rw<T, R>(_ a: inout [T], _ body: (UnsafeMutableRawBufferPointer) throws(DiskError) -> R) throws(DiskError) -> R {
+    let r: Result<R, DiskError> = a.withUnsafeMutableBytes { p in
+        do throws(DiskError) { return .success(try body(p)) } catch { return .failure(error) }
+    }
+    return try r.get()
+}

@@ -1,0 +1,75 @@
+import ArgumentParser
+import Qcow2
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `tern image`: create, inspect, check and convert qcow2 and raw disk images.
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "Create, inspect, check and convert qcow2 and raw disk images.",
+        subcommands: [
+            ImageCreate.self, ImageInfo.self, ImageCheck.self, ImageConvert.self, ImageSnapshot.self,
+            ImageCommit.self, ImageRebase.self, ImageResize.self, ImageMap.self, ImageBench.self,
+        ]
+    )
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable { case human, json }
+
+extension ImageFormat: ExpressibleByArgument {}
+extension Preallocation: ExpressibleByArgument {}
+
+/// Prints `tern: <image>: <problem>; <fix>` and returns exit status 1.
+func imageFailure(_ path: String, _ error: DiskError) -> ExitCode {
+    let fix: String
+    switch error {
+    case .corrupt: fix = "run `tern image check \(path)` and repair or restore it"
+    case .unsupported: fix = "convert it to a plain qcow2 v3 image first"
+    case .readOnly: fix = "check the file's permissions and the image's corrupt bit"
+    case .io: fix = "check the path, permissions and free space"
+    case .outOfRange: fix = "keep offsets within the virtual size"
+    case .invalidArgument: fix = "see `tern image --help`"
+    case .injectedFault: fix = "this only happens under the test fault injector"
+    }
+    printError("tern: \(path): \(error); \(fix)")
+    return ExitCode(1)
+}
+
+/// Runs `body`, turning a DiskError into the one-line message and exit status 1.
+func withImage<T>(_ path: String, _ body: () throws(DiskError) -> T) throws -> T {
+    do {
+        return try body()
+    } catch {
+        throw imageFailure(path, error)
+    }
+}
+
+/// Parses sizes like 512, 64K, 10M, 2G, 1T (binary units; an optional B/iB suffix).
+func parseSize(_ s: String) -> UInt64? {
+    var t = s.uppercased()
+    if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B") && t.count > 1 { t.removeLast() }
+    var mult: UInt64 = 1
+    if let last = t.last, let i = "KMGTPE".firstIndex(of: last) {
+        mult = 1 << (10 * UInt64("KMGTPE".distance(from: "KMGTPE".startIndex, to: i) + 1))
+        t.removeLast()
+    }
+    guard let v = UInt64(t) else { return nil }
+    let (r, o) = v.multipliedReportingOverflow(by: mult)
+    return o ? nil : r
+}
+
+struct SizeArgument: ExpressibleByArgument {
+    let bytes: UInt64
+    init?(argument: String) {
+        guard let b = parseSize(argument) else { return nil }
+        bytes = b
+    }
+}
+
+/// Writes one line to standard error.
+func printError(_ line: String) {
+    let s = line + "\n"
+    _ = s.withCString { write(2, $0, strlen($0)) }
+}
