@@ -20,6 +20,7 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "X86"]),
         // memfd-backed guest RAM with bounds-checked access.
         .target(name: "GuestMemory", dependencies: ["CKVM"]),
+        // Transport-independent VirtIO core: split virtqueues, feature negotiation, the device protocol.
         // The I/O bus and platform devices (UART, i8042, debug exit).
         .target(name: "Devices"),
         // x86 architecture values: CPUID policy, descriptors, page tables, boot register state.

@@ -20,7 +20,8 @@ public struct PlatformDescription: Sendable, Equatable {
     /// Guest-physical address of the single I/O APIC, whose pins are GSIs 0 and up.
     public static let ioAPICAddress: UInt32 = 0xFEC0_0000
 
-    /// The I/O APIC's id: the first one after the local APICs', so the two never collide (MP spec 1.4, 4.3.3).
+    /// The I/O APIC's id: the first one after the local APICs' (MP spec 1.4, 4.3.3). At 255 vCPUs that is 0xFF, the
+    /// broadcast id; 64-bit Linux only needs I/O APIC ids unique among I/O APICs and accepts it.
     var ioAPICID: UInt8 { UInt8(clamping: vcpuCount) }
 }
 

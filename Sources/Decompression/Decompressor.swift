@@ -31,11 +31,17 @@ public struct DecompressionError: Error, Equatable, CustomStringConvertible {
 
 /// One-shot decompression of whole buffers, bounded so that hostile input cannot exhaust memory.
 public enum Decompressor {
+    /// Largest first output buffer, whatever size the input claims.
+    static let initialCapacityLimit = 64 << 20
+    /// Most memory liblzma may use for its dictionary and state.
+    static let xzMemoryLimit: UInt64 = 512 << 20
+
     /// Decompresses `input` (format detected from its magic) into at most `limit` bytes.
     /// - Parameter sizeHint: the expected output size, used to size the buffer up front.
     public static func decompress(_ input: UnsafeRawBufferPointer, format: CompressionFormat, sizeHint: Int = 0,
                                   limit: Int) throws(DecompressionError) -> [UInt8] {
-        let initial = min(limit, max(sizeHint, input.count * 4, 1 << 16))
+        // The hint comes from the input too: trust it only up to a modest first allocation, then grow as output arrives.
+        let initial = min(limit, initialCapacityLimit, max(sizeHint, input.count * 4, 1 << 16))
         switch format {
         case .gzip: return try gzip(input, initial: initial, limit: limit)
         case .xz: return try xz(input, initial: initial, limit: limit)
@@ -68,7 +74,7 @@ public enum Decompressor {
                 return status
             }
             switch status {
-            case Z_STREAM_END: return Array(output[0..<produced])
+            case Z_STREAM_END: output.removeLast(output.count - produced); return output
             case Z_OK, Z_BUF_ERROR:
                 if stream.avail_out == 0 {
                     try grow(&output, limit: limit, format: .gzip)
@@ -83,7 +89,7 @@ public enum Decompressor {
 
     static func xz(_ input: UnsafeRawBufferPointer, initial: Int, limit: Int) throws(DecompressionError) -> [UInt8] {
         var stream = lzma_stream()
-        guard lzma_stream_decoder(&stream, UInt64.max, 0) == LZMA_OK else {
+        guard lzma_stream_decoder(&stream, xzMemoryLimit, 0) == LZMA_OK else {
             throw DecompressionError(.xz, "cannot initialise liblzma")
         }
         defer { lzma_end(&stream) }
@@ -100,7 +106,7 @@ public enum Decompressor {
                 return status
             }
             switch status {
-            case LZMA_STREAM_END: return Array(output[0..<produced])
+            case LZMA_STREAM_END: output.removeLast(output.count - produced); return output
             case LZMA_OK, LZMA_BUF_ERROR:
                 if stream.avail_out == 0 {
                     try grow(&output, limit: limit, format: .xz)
@@ -129,7 +135,7 @@ public enum Decompressor {
             if ZSTD_isError(result) != 0 {
                 throw DecompressionError(.zstd, "corrupt (\(String(cString: ZSTD_getErrorName(result))))")
             }
-            if result == 0 { return Array(output[0..<produced]) }
+            if result == 0 { output.removeLast(output.count - produced); return output }
             if produced == output.count {
                 try grow(&output, limit: limit, format: .zstd)
             } else if inBuffer.pos == inBuffer.size {

@@ -189,15 +189,17 @@ public final class CMOSRTC: BusDevice {
         }
     }
 
+    /// Stores a guest-written field, clamped to the range the register can hold: the guest may write any byte.
     private static func setField(_ register: UInt8, of time: inout DateTime, to value: Int) {
+        func clamp(_ range: ClosedRange<Int>) -> Int { min(max(value, range.lowerBound), range.upperBound) }
         switch register {
-        case Register.seconds: time.second = value
-        case Register.minutes: time.minute = value
-        case Register.hours: time.hour = value
-        case Register.dayOfMonth: time.day = value
-        case Register.month: time.month = value
-        case Register.year: time.year = time.year / 100 * 100 + value
-        default: time.year = value * 100 + time.year % 100
+        case Register.seconds: time.second = clamp(0...59)
+        case Register.minutes: time.minute = clamp(0...59)
+        case Register.hours: time.hour = clamp(0...23)
+        case Register.dayOfMonth: time.day = clamp(1...31)
+        case Register.month: time.month = clamp(1...12)
+        case Register.year: time.year = time.year / 100 * 100 + clamp(0...99)
+        default: time.year = clamp(19...99) * 100 + time.year % 100
         }
     }
 
@@ -209,7 +211,8 @@ public final class CMOSRTC: BusDevice {
             pm = value >= 12 ? 0x80 : 0
             number = value % 12 == 0 ? 12 : value % 12
         }
-        let encoded = mode & ModeBit.binary != 0 ? UInt8(number) : UInt8((number / 10) << 4 | number % 10)
+        let digits = number % 100
+        let encoded = mode & ModeBit.binary != 0 ? UInt8(truncatingIfNeeded: number) : UInt8((digits / 10) << 4 | digits % 10)
         return encoded | pm
     }
 

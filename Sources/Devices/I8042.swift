@@ -6,11 +6,18 @@ public final class I8042: BusDevice {
     public static let dataPort: UInt64 = 0x60
     public static let commandPort: UInt64 = 0x64
 
+    /// Bytes the controller holds for the guest; further responses are dropped until it reads some.
+    public static let outputCapacity = 16
+
     struct State {
         var output: [UInt8] = []
         var configuration: UInt8 = 0x45  // keyboard interrupt enabled, system flag, translation
         var pendingCommand: UInt8?
         var outputPort: UInt8 = 0x01
+
+        mutating func push(_ byte: UInt8) {
+            if output.count < I8042.outputCapacity { output.append(byte) }
+        }
     }
 
     private let state = Mutex(State())
@@ -50,11 +57,11 @@ public final class I8042: BusDevice {
             if commandPort {
                 state.pendingCommand = nil
                 switch value {
-                case 0x20: state.output.append(state.configuration)
+                case 0x20: state.push(state.configuration)
                 case 0x60, 0xD1, 0xD2, 0xD3, 0xD4: state.pendingCommand = value
-                case 0xA9, 0xAB: state.output.append(0x00)  // port tests pass
-                case 0xAA: state.output.append(0x55)  // controller self-test passed
-                case 0xD0: state.output.append(state.outputPort)
+                case 0xA9, 0xAB: state.push(0x00)  // port tests pass
+                case 0xAA: state.push(0x55)  // controller self-test passed
+                case 0xD0: state.push(state.outputPort)
                 case 0xFE: reset = true
                 default: break  // enable/disable ports and the rest need no response
                 }
@@ -65,12 +72,12 @@ public final class I8042: BusDevice {
             case 0xD1:
                 state.outputPort = value
                 if value & 0x01 == 0 { reset = true }
-            case 0xD2: state.output.append(value)
+            case 0xD2: state.push(value)
             case 0xD3, 0xD4: break  // no auxiliary device
             default:
                 // A command to the keyboard: acknowledge it, and answer a reset with a passed self-test.
-                state.output.append(0xFA)
-                if value == 0xFF { state.output.append(0xAA) }
+                state.push(0xFA)
+                if value == 0xFF { state.push(0xAA) }
             }
             state.pendingCommand = nil
         }

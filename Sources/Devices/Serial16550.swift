@@ -62,6 +62,10 @@ public final class Serial16550: BusDevice {
 
         mutating func pushReceived(_ byte: UInt8) -> Bool {
             guard receive.count - receiveHead < Serial16550.receiveCapacity else { return false }
+            if receiveHead >= Serial16550.receiveCapacity {
+                receive.removeFirst(receiveHead)
+                receiveHead = 0
+            }
             receive.append(byte)
             return true
         }

@@ -80,8 +80,8 @@ public final class GuestMemory: Sendable {
     public let regions: [MemoryRegion]
     /// Total RAM in bytes.
     public let size: UInt64
-    /// The memfd backing all regions, for snapshots and migration.
-    public let fileDescriptor: Int32
+    /// The memfd backing all regions.
+    let fileDescriptor: Int32
 
     /// Creates `size` bytes of zeroed guest RAM.
     public init(size: UInt64, options: MemoryOptions = MemoryOptions()) throws(GuestMemoryError) {

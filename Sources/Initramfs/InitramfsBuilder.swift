@@ -192,7 +192,7 @@ public struct InitramfsBuilder: Sendable {
         guard field(16, 2) == 2 || field(16, 2) == 3 else { throw unusable("it is not an executable") }
         let (programHeaders, entrySize, count) = (field(32, 8), field(54, 2), field(56, 2))
         guard count == 0
-            || (entrySize >= 4 && programHeaders <= bytes.count && count <= (bytes.count - programHeaders) / entrySize)
+            || (entrySize >= 4 && programHeaders >= 0 && programHeaders <= bytes.count && count <= (bytes.count - programHeaders) / entrySize)
         else {
             throw unusable("its program headers are truncated")
         }

@@ -102,13 +102,6 @@ public final class VCPU {
         }
     }
 
-    /// Completes pending I/O without running guest code: KVM_RUN with immediate_exit set, as KVM requires before state is read.
-    public func completePendingIO() {
-        runArea.pointee.immediate_exit = 1
-        _ = ioctl(descriptor.raw, ckvm_KVM_RUN(), 0)
-        runArea.pointee.immediate_exit = 0
-    }
-
     // MARK: Registers
 
     /// The general-purpose registers.
@@ -252,6 +245,18 @@ public final class VCPU {
         events.exception.nr = vector
         events.exception.has_error_code = 0
         events.exception.error_code = 0
+        events.flags = 0
+        try ioctlStruct(descriptor.raw, ckvm_KVM_SET_VCPU_EVENTS(), &events, "KVM_SET_VCPU_EVENTS")
+    }
+
+    /// Delivers software interrupt `vector` (as `int n` raises it) when the guest next runs; RIP must already point
+    /// past the instruction.
+    public func injectSoftwareInterrupt(vector: UInt8) throws(KVMError) {
+        var events = kvm_vcpu_events()
+        try ioctlStruct(descriptor.raw, ckvm_KVM_GET_VCPU_EVENTS(), &events, "KVM_GET_VCPU_EVENTS")
+        events.interrupt.injected = 1
+        events.interrupt.nr = vector
+        events.interrupt.soft = 1
         events.flags = 0
         try ioctlStruct(descriptor.raw, ckvm_KVM_SET_VCPU_EVENTS(), &events, "KVM_SET_VCPU_EVENTS")
     }

@@ -11,9 +11,6 @@ public final class VirtualMachine: Sendable {
         self.vcpuMapSize = vcpuMapSize
     }
 
-    /// The VM's file descriptor, for ioctls the bindings do not wrap yet.
-    public var rawDescriptor: Int32 { descriptor.raw }
-
     /// Places the three pages KVM needs for the real-mode TSS (Intel) at `address`.
     public func setTSSAddress(_ address: UInt64) throws(KVMError) {
         _ = try ioctlValue(descriptor.raw, ckvm_KVM_SET_TSS_ADDR(), Int32(truncatingIfNeeded: Int64(bitPattern: address)), "KVM_SET_TSS_ADDR")
@@ -38,9 +35,9 @@ public final class VirtualMachine: Sendable {
     }
 
     /// Maps `size` bytes of host memory at `host` into the guest at `guestAddress`, as memory slot `slot`.
-    public func mapMemory(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, logDirtyPages: Bool = false) throws(KVMError) {
+    public func mapMemory(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws(KVMError) {
         var region = kvm_userspace_memory_region(
-            slot: slot, flags: logDirtyPages ? UInt32(KVM_MEM_LOG_DIRTY_PAGES) : 0,
+            slot: slot, flags: 0,
             guest_phys_addr: guestAddress, memory_size: size, userspace_addr: UInt64(UInt(bitPattern: host)))
         try ioctlStruct(descriptor.raw, ckvm_KVM_SET_USER_MEMORY_REGION(), &region, "KVM_SET_USER_MEMORY_REGION")
     }

@@ -87,7 +87,7 @@ enum Checker {
             inc(t.off, UInt64(t.size) * 8, what)
             work += Int(t.size)
             guard work <= maxL1Work else { res.checkErrors += 1; res.note("ERROR too many L1 entries to check"); break }
-            guard t.off + UInt64(t.size) * 8 <= physical else { continue }
+            guard t.off <= physical, UInt64(t.size) * 8 <= physical - t.off else { continue }
             let l1 = t.active ? m.l1 : try m.readL1(t.off, Int(t.size))
             var seen: Set<UInt64> = []
             for (i, e) in l1.enumerated() {

@@ -492,7 +492,7 @@ struct Meta: @unchecked Sendable {
 
     mutating func loadRB(_ off: UInt64) throws(DiskError) -> [UInt8] {
         if let b = rbCache[off] { return b }
-        guard off % cs == 0, off >= cs, off + cs <= fileLimit + cs, off < fileLimit else {
+        guard off % cs == 0, off >= cs, off < fileLimit else {
             throw .corrupt("refcount block offset \(hex(off)) is invalid or outside the file")
         }
         let b = try file.readBytes(at: off, count: Int(cs))
@@ -750,7 +750,7 @@ struct Meta: @unchecked Sendable {
 
     func readL1(_ off: UInt64, _ n: Int) throws(DiskError) -> [UInt64] {
         guard n > 0 else { return [] }
-        guard off % cs == 0, off >= cs, off + UInt64(n) * 8 <= fileLimit else {
+        guard off % cs == 0, off >= cs, off <= fileLimit, UInt64(n) * 8 <= fileLimit - off else {
             throw .corrupt("L1 table at \(hex(off)) lies outside the file")
         }
         var t = [UInt64](repeating: 0, count: n)

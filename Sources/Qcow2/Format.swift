@@ -168,7 +168,7 @@ public struct Qcow2Header: Sendable, Equatable {
         guard UInt64(h.l1Size) * 8 <= QC.maxL1Bytes else { throw .corrupt("L1 table has \(h.l1Size) entries, above the limit") }
         guard UInt64(h.l1Size) >= h.l1EntriesNeeded(for: h.size) else { throw .corrupt("L1 table is too small for the virtual size") }
         if h.l1Size > 0 {
-            guard h.l1TableOffset != 0, h.l1TableOffset + UInt64(h.l1Size) * 8 <= fileSize
+            guard h.l1TableOffset != 0, h.l1TableOffset <= fileSize, UInt64(h.l1Size) * 8 <= fileSize - h.l1TableOffset
             else { throw .corrupt("L1 table at \(hex(h.l1TableOffset)) lies outside the file") }
         }
         // Refcount table
@@ -178,7 +178,7 @@ public struct Qcow2Header: Sendable, Equatable {
         guard h.refcountTableClusters > 0, UInt64(h.refcountTableClusters) * cs <= QC.maxRefTableBytes else {
             throw .corrupt("refcount table size (\(h.refcountTableClusters) clusters) is invalid")
         }
-        guard h.refcountTableOffset + UInt64(h.refcountTableClusters) * cs <= fileSize + cs else {
+        guard h.refcountTableOffset <= fileSize, UInt64(h.refcountTableClusters) * cs <= fileSize + cs - h.refcountTableOffset else {
             throw .corrupt("refcount table at \(hex(h.refcountTableOffset)) lies outside the file")
         }
         // Snapshots
@@ -219,7 +219,7 @@ public struct Qcow2Header: Sendable, Equatable {
         }
         if h.backingFileOffset != 0 {
             guard h.backingFileSize > 0, h.backingFileSize <= 1023,
-                h.backingFileOffset + UInt64(h.backingFileSize) <= UInt64(limit)
+                h.backingFileOffset <= UInt64(limit), UInt64(h.backingFileSize) <= UInt64(limit) - h.backingFileOffset
             else { throw .corrupt("backing file name lies outside cluster 0") }
             let s = Int(h.backingFileOffset)
             h.backingFile = String(decoding: buf[s..<s + Int(h.backingFileSize)], as: UTF8.self)
@@ -352,9 +352,9 @@ public struct Qcow2Snapshot: Sendable, Equatable {
             guard extra <= QC.maxSnapshotExtra else { throw .corrupt("snapshot \(i) has \(extra) bytes of extra data") }
             if h.version >= 3 && extra < 16 { throw .corrupt("snapshot \(i) lacks the v3 extra data") }
             let varLen = Int(extra) + idLen + nameLen
-            guard off + 40 + UInt64(varLen) <= fileSize else { throw .corrupt("snapshot table entry \(i) lies outside the file") }
+            guard off <= fileSize, 40 + UInt64(varLen) <= fileSize - off else { throw .corrupt("snapshot table entry \(i) lies outside the file") }
             let v = try file.readBytes(at: off + 40, count: varLen)
-            guard l1Off % cs == 0, UInt64(l1Size) * 8 <= QC.maxL1Bytes, l1Off + UInt64(l1Size) * 8 <= fileSize else {
+            guard l1Off % cs == 0, UInt64(l1Size) * 8 <= QC.maxL1Bytes, l1Off <= fileSize, UInt64(l1Size) * 8 <= fileSize - l1Off else {
                 throw .corrupt("snapshot \(i) has an invalid L1 table (offset \(hex(l1Off)), \(l1Size) entries)")
             }
             var s = Qcow2Snapshot(

@@ -29,7 +29,8 @@ public final class FileDescriptorOutput: ConsoleOutput {
         while offset < bytes.count {
             let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
             if written < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
+                // EINTR means the vCPU was kicked to stop while the reader of this output stalled: drop the rest.
+                if errno == EAGAIN { continue }
                 return
             }
             offset += written

@@ -27,14 +27,10 @@ enum CrashReport {
             return "vCPU \(index) stopped: \(exit); its registers could not be read"
         }
         let mode = cpuMode(system)
-        let linear = system.cs.base &+ registers.rip
-        let bytes: String
-        let physical = system.cr0 & ControlBits.cr0Paging != 0 ? vcpu.translate(linear) : linear
-        if let physical, let window = try? memory.bytes(at: physical, count: instructionWindow) {
-            bytes = window.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " ")
-        } else {
-            bytes = "unavailable (RIP is not in guest RAM)"
-        }
+        let window = InstructionAssist.instructionBytes(vcpu: vcpu, memory: memory, registers: registers, system: system,
+                                                        count: instructionWindow)
+        let bytes = window.isEmpty ? "unavailable (RIP is not in guest RAM)"
+            : window.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " ")
         return "vCPU \(index) stopped: \(exit) at RIP 0x\(String(registers.rip, radix: 16)) in \(mode), "
             + "RSP 0x\(String(registers.rsp, radix: 16)), RFLAGS 0x\(String(registers.rflags, radix: 16)), "
             + "CR0 0x\(String(system.cr0, radix: 16)), CR3 0x\(String(system.cr3, radix: 16)), "

@@ -41,23 +41,29 @@ enum InstructionAssist {
 
     /// Handles an emulation failure at the vCPU's RIP. Returns true when the guest can continue.
     static func handleEmulationFailure(_ vcpu: VCPU, memory: GuestMemory) -> Bool {
-        guard var registers = try? vcpu.registers(), let system = try? vcpu.systemRegisters() else { return false }
+        guard var registers = try? vcpu.registers(), let system = try? vcpu.systemRegisters(),
+              system.cs.selector & 3 == 0 else { return false }
+        let original = registers
         let paging = system.cr0 & ControlBits.cr0Paging != 0
-        let linear = system.cs.base &+ registers.rip
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(window)
-        for index in 0..<UInt64(window) {
-            guard let address = physical(linear &+ index, vcpu: vcpu, paging: paging),
-                  let byte = try? memory.load(UInt8.self, at: address) else { break }
-            bytes.append(byte)
-        }
+        let bytes = instructionBytes(vcpu: vcpu, memory: memory, registers: registers, system: system, count: window)
         guard let action = decode(bytes, longMode: system.cs.l) else { return false }
         do {
             switch action {
             case .interrupt(let vector, let length):
+                // NMI cannot be raised this way; KVM_SET_REGS drops pending events, so registers go first.
+                guard vector != 2 else { return false }
                 registers.rip &+= length
                 try vcpu.setRegisters(registers)
-                try vcpu.injectException(vector: vector)
+                do {
+                    if vector < 32 {
+                        try vcpu.injectException(vector: vector)
+                    } else {
+                        try vcpu.injectSoftwareInterrupt(vector: vector)
+                    }
+                } catch {
+                    try? vcpu.setRegisters(original)
+                    return false
+                }
             case .populationCount(let destination, let source, let operandBits, let length):
                 let value = operandBits == 64 ? registers[encoding: source]
                     : registers[encoding: source] & (operandBits == 32 ? 0xFFFF_FFFF : 0xFFFF)
@@ -110,6 +116,23 @@ enum InstructionAssist {
             try vcpu.restoreFloatingPointImage(image)
         }
         return true
+    }
+
+    /// Up to `count` bytes at CS:RIP, translated page by page; fewer when the instruction runs into unmapped memory.
+    static func instructionBytes(vcpu: VCPU, memory: GuestMemory, registers: GeneralRegisters, system: SystemRegisters,
+                                 count: Int) -> [UInt8] {
+        let paging = system.cr0 & ControlBits.cr0Paging != 0
+        var address = system.cs.base &+ registers.rip
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(count)
+        while bytes.count < count {
+            let chunk = min(count - bytes.count, Int(4096 - (address & 0xFFF)))
+            guard let target = physical(address, vcpu: vcpu, paging: paging),
+                  let part = try? memory.bytes(at: target, count: chunk) else { break }
+            bytes.append(contentsOf: part)
+            address &+= UInt64(chunk)
+        }
+        return bytes
     }
 
     static func physical(_ linear: UInt64, vcpu: VCPU, paging: Bool) -> UInt64? {

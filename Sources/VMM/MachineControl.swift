@@ -25,13 +25,14 @@ final class MachineControl: Sendable {
 
     /// Ends the machine with `outcome` unless it already ended, and kicks every vCPU out of the guest.
     func stop(_ outcome: MachineOutcome) {
+        // The flag is set under the lock, so a vCPU that registers after this snapshot sees it before entering the guest.
         let kickers: [VCPUKicker]? = state.withLock { state in
             guard state.outcome == nil else { return nil }
             state.outcome = outcome
+            stopping.store(true, ordering: .releasing)
             return state.kickers
         }
         guard let kickers else { return }
-        stopping.store(true, ordering: .releasing)
         for kicker in kickers { kicker.kick() }
         finished.signal()
     }

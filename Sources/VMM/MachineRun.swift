@@ -26,7 +26,7 @@ extension Machine {
         var signalDescriptor: Int32 = -1
         if handleSignals {
             pthread_sigmask(SIG_BLOCK, &signals, nil)
-            signalDescriptor = signalfd(-1, &signals, Int32(SFD_CLOEXEC))
+            signalDescriptor = signalfd(-1, &signals, Int32(SFD_CLOEXEC | SFD_NONBLOCK))
         }
         defer {
             if signalDescriptor >= 0 { close(signalDescriptor) }
@@ -38,8 +38,8 @@ extension Machine {
             let pin = config.pin?.sets[index]
             guard let thread = spawnThread({ [self] in vcpuMain(index: index, pin: pin, gate: gate, hooks: hooks) }) else {
                 control.stop(.failed("cannot start a thread for vCPU \(index): \(String(cString: strerror(errno)))"))
-                // Threads already started wait at the gate for the ones that never came; release them.
-                for _ in index..<config.cpus { releaseGate(gate) }
+                // Threads already started wait at the gate for the ones that never came.
+                gate.release()
                 break
             }
             threads.append(thread)
@@ -58,12 +58,13 @@ extension Machine {
         waitForStop(signalDescriptor: signalDescriptor)
         for thread in threads { pthread_join(thread, nil) }
         input?.stop()
-        if handleSignals { pthread_sigmask(SIG_UNBLOCK, &signals, nil) }
+        if handleSignals {
+            // Signals that arrived while the VM wound down are answered already: drop them rather than die of them.
+            var info = signalfd_siginfo()
+            while read(signalDescriptor, &info, MemoryLayout<signalfd_siginfo>.size) > 0 {}
+            pthread_sigmask(SIG_UNBLOCK, &signals, nil)
+        }
         return control.outcome ?? .failed("the VM stopped without a reason")
-    }
-
-    private func releaseGate(_ gate: Latch) {
-        _ = spawnThread { gate.arriveAndWait() }.map { pthread_detach($0) }
     }
 
     /// Blocks until the machine stops, turning host signals into a clean stop.

@@ -40,6 +40,14 @@ final class Latch: @unchecked Sendable {
         condition.deallocate()
     }
 
+    /// Lets every waiter go now, whoever has not arrived.
+    func release() {
+        pthread_mutex_lock(mutex)
+        remaining = 0
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
     func arriveAndWait() {
         pthread_mutex_lock(mutex)
         remaining -= 1

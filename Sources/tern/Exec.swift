@@ -36,7 +36,7 @@ struct Exec: ParsableCommand {
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
 
-    func run() throws {
+    func run() {
         logging.bootstrap()
         let settings: VMConfig
         do {
@@ -45,19 +45,7 @@ struct Exec: ParsableCommand {
         } catch {
             fail(error.description, status: 2)
         }
-        let machine: Machine
-        do {
-            machine = try Machine(config: settings, logger: Logger(label: "tern"))
-        } catch {
-            fail(error.description)
-        }
-        let outcome = machine.run(forwardInput: false, handleSignals: true)
-        switch outcome {
-        case .crashed, .failed:
-            fail(outcome.description, status: outcome.exitStatus)
-        default:
-            throw ExitCode(outcome.exitStatus)
-        }
+        bootAndRun(settings, forwardInput: false)
     }
 
     func configure() throws(ConfigError) -> VMConfig {

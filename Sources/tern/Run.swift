@@ -56,7 +56,7 @@ struct Run: ParsableCommand {
 
     @OptionGroup var logging: LoggingOptions
 
-    func run() throws {
+    func run() {
         logging.bootstrap()
         let settings: VMConfig
         do {
@@ -65,23 +65,7 @@ struct Run: ParsableCommand {
         } catch {
             fail(error.description, status: 2)
         }
-        let machine: Machine
-        do {
-            machine = try Machine(config: settings, logger: Logger(label: "tern"))
-        } catch {
-            fail(error.description)
-        }
-        let outcome = machine.run(forwardInput: true, handleSignals: true)
-        Logger(label: "tern").info("guest RAM resident: \(machine.memory.residentBytes() >> 10) KiB")
-        switch outcome {
-        case .crashed, .failed:
-            fail(outcome.description, status: outcome.exitStatus)
-        case .stoppedByHost:
-            Logger(label: "tern").info("\(outcome)")
-        default:
-            break
-        }
-        throw ExitCode(outcome.exitStatus)
+        bootAndRun(settings, forwardInput: true)
     }
 
     /// Merges the JSON file (if any) with the flags; flags win.

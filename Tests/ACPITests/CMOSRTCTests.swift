@@ -154,3 +154,30 @@ extension CMOSRTC {
         #expect(CMOSRTC.hostClock() > Self.instant)
     }
 }
+
+@Suite struct CMOSRTCHostileWriteTests {
+    @Test func outOfRangeWritesNeverTrap() {
+        let rtc = CMOSRTC(clock: { 1_700_000_000 })
+        func write(_ register: UInt8, _ value: UInt8) {
+            withUnsafeBytes(of: register) { rtc.write(offset: 0, from: $0) }
+            withUnsafeBytes(of: value) { rtc.write(offset: 1, from: $0) }
+        }
+        func read(_ register: UInt8) -> UInt8 {
+            withUnsafeBytes(of: register) { rtc.write(offset: 0, from: $0) }
+            var value: UInt8 = 0
+            withUnsafeMutableBytes(of: &value) { rtc.read(offset: 1, into: $0) }
+            return value
+        }
+        for mode: UInt8 in [0x82, 0x86, 0x80, 0x02, 0x06] {
+            write(0x0B, mode)
+            for register: UInt8 in [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32] {
+                for value: UInt8 in [0xFF, 0x9A, 0x00, 0x7F] {
+                    write(register, value)
+                    _ = read(register)
+                }
+            }
+        }
+        write(0x0B, 0x02)
+        #expect(read(0x00) <= 0x59)
+    }
+}

@@ -135,3 +135,19 @@ struct UART {
         #expect(statuses.withLock { $0 } == [5])
     }
 }
+
+@Suite struct I8042HostileTests {
+    @Test func outputQueueIsBounded() {
+        let controller = I8042(onReset: {})
+        for _ in 0..<10_000 { withUnsafeBytes(of: UInt8(0x20)) { controller.write(offset: 4, from: $0) } }
+        var drained = 0
+        var status: UInt8 = 1
+        while status & 1 == 1 && drained < 100 {
+            var byte: UInt8 = 0
+            withUnsafeMutableBytes(of: &byte) { controller.read(offset: 0, into: $0) }
+            drained += 1
+            withUnsafeMutableBytes(of: &status) { controller.read(offset: 4, into: $0) }
+        }
+        #expect(drained == I8042.outputCapacity)
+    }
+}
