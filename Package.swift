@@ -21,6 +21,8 @@ let package = Package(
         // memfd-backed guest RAM with bounds-checked access.
         .target(name: "GuestMemory", dependencies: ["CKVM"]),
         // Transport-independent VirtIO core: split virtqueues, feature negotiation, the device protocol.
+        .target(name: "Virtio", dependencies: ["GuestMemory"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         // The I/O bus and platform devices (UART, i8042, debug exit).
         .target(name: "Devices"),
         // x86 architecture values: CPUID policy, descriptors, page tables, boot register state.
