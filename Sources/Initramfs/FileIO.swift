@@ -29,7 +29,9 @@ enum FileIO {
     /// directory, so `path` is either the old file or the complete new one.
     static func writeAtomically(_ bytes: [UInt8], to path: String) throws(InitramfsError) {
         let temporary = "\(path).tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        // A stale or planted entry at the temporary name is removed, never followed: the file is created exclusively.
+        unlink(temporary)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .io(path: path, operation: "create", errno: errno) }
         var closed = false
         var renamed = false

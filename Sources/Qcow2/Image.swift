@@ -642,8 +642,10 @@ public final class Qcow2Image: BlockBackend {
 /// Runs `body` on a new temporary file next to `path`, then renames it over `path`.
 public func atomicWrite(_ path: String, _ body: (PosixFile) throws(DiskError) -> Void) throws(DiskError) {
     let tmp = path + ".tern-tmp-\(getpid())"
+    // A stale or planted entry at the temporary name is removed, never followed: the file is created exclusively.
+    unlink(tmp)
     let f: PosixFile
-    do { f = try PosixFile(path: tmp, writable: true, create: true) } catch {
+    do { f = try PosixFile(path: tmp, writable: true, create: true, exclusive: true) } catch {
         if case .io(_, let e) = error { throw .io("cannot create \(path)", errno: e) }
         throw error
     }
@@ -660,4 +662,14 @@ public func atomicWrite(_ path: String, _ body: (PosixFile) throws(DiskError) ->
         unlink(tmp)
         throw .io("rename \(tmp) to \(path)", errno: e)
     }
+    syncDirectory(of: path)
+}
+
+/// Makes a rename in `path`'s directory durable.
+func syncDirectory(of path: String) {
+    let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+    let fd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    fsync(fd)
+    close(fd)
 }
