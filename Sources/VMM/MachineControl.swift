@@ -5,7 +5,7 @@ import Synchronization
 final class MachineControl: Sendable {
     struct State {
         var outcome: MachineOutcome?
-        var kickers: [VCPUKicker] = []
+        var kickers: [Int: VCPUKicker] = [:]
         var threadIDs: [Int: Int32] = [:]
     }
 
@@ -24,24 +24,31 @@ final class MachineControl: Sendable {
     var threadIDs: [Int: Int32] { state.withLock { $0.threadIDs } }
 
     /// Ends the machine with `outcome` unless it already ended, and kicks every vCPU out of the guest.
+    ///
+    /// The flag is set and the kicks are sent under the lock: a vCPU that registers later sees the flag before it
+    /// enters the guest, and one that unregisters (before its run area is unmapped and its thread ends) is never
+    /// kicked afterwards.
     func stop(_ outcome: MachineOutcome) {
-        // The flag is set under the lock, so a vCPU that registers after this snapshot sees it before entering the guest.
-        let kickers: [VCPUKicker]? = state.withLock { state in
-            guard state.outcome == nil else { return nil }
+        let stopped: Bool = state.withLock { state in
+            guard state.outcome == nil else { return false }
             state.outcome = outcome
             stopping.store(true, ordering: .releasing)
-            return state.kickers
+            for kicker in state.kickers.values { kicker.kick() }
+            return true
         }
-        guard let kickers else { return }
-        for kicker in kickers { kicker.kick() }
-        finished.signal()
+        if stopped { finished.signal() }
     }
 
     /// Records a started vCPU so that `stop` can reach it.
     func register(index: Int, threadID: Int32, kicker: VCPUKicker) {
         state.withLock { state in
-            state.kickers.append(kicker)
+            state.kickers[index] = kicker
             state.threadIDs[index] = threadID
         }
+    }
+
+    /// Forgets vCPU `index`'s kicker; call before the vCPU's run area goes away.
+    func unregister(index: Int) {
+        _ = state.withLock { $0.kickers.removeValue(forKey: index) }
     }
 }

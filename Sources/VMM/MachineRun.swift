@@ -119,7 +119,10 @@ extension Machine {
         }
         hooks.vcpuStarted?(index, threadID)
         gate.arriveAndWait()
-        runLoop(vcpu, index: index)
+        withExtendedLifetime(vcpu) {
+            runLoop(vcpu, index: index)
+            control.unregister(index: index)
+        }
     }
 
     /// Enters the guest and handles exits until the machine stops. Allocation-free on the I/O paths.
