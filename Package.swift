@@ -23,6 +23,13 @@ let package = Package(
         // Transport-independent VirtIO core: split virtqueues, feature negotiation, the device protocol.
         .target(name: "Virtio", dependencies: ["GuestMemory"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
+        // The virtio-mmio (version 2) transport: one VirtioDevice behind a register window on the MMIO bus.
+        .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "GuestMemory"]),
+        // VirtIO device models, transport-independent: entropy (virtio-rng).
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory"]),
+        .testTarget(
+            name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "VirtioDevices", "Virtio", "Devices", "GuestMemory"]
+        ),
         // The I/O bus and platform devices (UART, i8042, debug exit).
         .target(name: "Devices"),
         // x86 architecture values: CPUID policy, descriptors, page tables, boot register state.
@@ -41,7 +48,7 @@ let package = Package(
         .target(
             name: "VMM",
             dependencies: [
-                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM",
+                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "VirtioMMIO", "VirtioDevices",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

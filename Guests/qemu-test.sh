@@ -42,6 +42,19 @@ run memtouch 20 1   "memtouch: wrote and verified 16 MiB checksum 0xef5b2eb7fe7a
 run memtouch 20 1   "memtouch: wrote and verified 64 MiB checksum 0x5d2b5d6cb684194d" "mib=64"
 run memtouch 20 5   "memtouch: 300 MiB does not fit in guest RAM" "mib=300"
 run crash    10 253 "guest: exception 6 (error 0x0) at RIP 0x[0-9a-f]* on cpu 0" "mode=ud2-user"
+# rng: QEMU 7.2 microvm makes virtio-mmio transports legacy (Version 1) unless
+# force-legacy=false, puts the first device in the last slot (23, 0xfeb02e00), and does not
+# append virtio_mmio.device= to a PVH kernel's cmdline, so we pass the entry ourselves.
+RNG_DEV="-global virtio-mmio.force-legacy=false -device virtio-rng-device"
+RNG_CL="virtio_mmio.device=512@0xfeb02e00:39"
+run rng      10 1   "^rng: got 256 random bytes from virtio-rng (device at 0xfeb02e00)" "$RNG_CL" $RNG_DEV
+run rng      10 7   "^rng: no virtio-rng device" ""
+run rng      10 7   "^rng: no virtio-rng device" "$RNG_CL"
+run rng      10 7   "legacy (Version 1) virtio-rng at 0xfeb02e00" "$RNG_CL" -device virtio-rng-device
+# Hostile modes: QEMU bounce-buffers (and discards) DMA outside RAM, so the bogus address
+# "succeeds" (status 0xf); a self-looping chain gives "Looped descriptor" and NEEDS_RESET.
+run rng      10 1   "^rng: device status 0x" "$RNG_CL mode=bad-desc-oob" $RNG_DEV
+run rng      10 1   "^rng: device status 0x4f" "$RNG_CL mode=bad-desc-loop" $RNG_DEV
 # Triple fault: KVM_EXIT_SHUTDOWN; with -no-reboot QEMU exits 0.
 run crash    10 0   "crash: mode triple" "mode=triple"
 # Emulation failures: QEMU prints "KVM internal error" and then stays paused (timeout: 124).

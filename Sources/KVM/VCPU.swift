@@ -77,7 +77,7 @@ public final class VCPU {
         case KVM_EXIT_MMIO:
             let address = runArea.pointee.mmio.phys_addr
             let length = Int(min(runArea.pointee.mmio.len, 8))
-            let data = raw.advanced(by: MemoryLayout<kvm_run>.offset(of: \kvm_run.mmio.data)!)
+            let data = raw.advanced(by: ckvm_mmio_data_offset())
             return runArea.pointee.mmio.is_write != 0
                 ? .mmioWrite(address: address, length: length, data: data)
                 : .mmioRead(address: address, length: length, data: data)

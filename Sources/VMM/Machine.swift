@@ -7,6 +7,8 @@ import GuestMemory
 import KVM
 import Logging
 import Synchronization
+import VirtioDevices
+import VirtioMMIO
 import X86
 
 /// Callbacks for observing a running machine.
@@ -28,10 +30,16 @@ public final class Machine: Sendable {
     /// both inside the BIOS area the memory map reserves.
     static let acpiBase: UInt64 = 0xE0000
     static let mpTableBase: UInt64 = 0x9_FC00
+    /// virtio-mmio windows sit just below the IOAPIC, as on QEMU's microvm, with IOAPIC inputs from 16 up.
+    static let virtioMMIOBase: UInt32 = 0xFEB0_0000
+    static let virtioMMIOStride: UInt32 = 0x200
+    static let virtioFirstGSI: UInt32 = 16
 
     public let config: VMConfig
     public let memory: GuestMemory
     public let plan: BootPlan
+    /// The kernel command line the guest received.
+    public let commandLine: String
     let vm: VirtualMachine
     let portBus: Bus
     let mmioBus: Bus
@@ -99,9 +107,33 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
 
+        // VirtIO devices on virtio-mmio, one 512-byte window and one level-triggered IOAPIC input each.
+        var mmio = Bus()
+        var virtioSlots: [VirtioMMIODevice] = []
+        if config.rng {
+            let slot = VirtioMMIODevice(base: Self.virtioMMIOBase + UInt32(virtioSlots.count) * Self.virtioMMIOStride,
+                                        size: Self.virtioMMIOStride, gsi: Self.virtioFirstGSI + UInt32(virtioSlots.count))
+            let transport = VirtioMMIOTransport(device: Entropy(memory: memory), memory: memory,
+                                                interrupt: KVMInterruptLine(vm: vm, gsi: slot.gsi),
+                                                debugLog: { [logger] line in logger.debug("virtio-rng: \(line)") },
+                                                errorLog: { [logger] line in logger.warning("\(line)") })
+            do {
+                try mmio.register(transport, base: UInt64(slot.base), length: UInt64(slot.size))
+            } catch {
+                throw MachineError("device layout: \(error)")
+            }
+            virtioSlots.append(slot)
+        }
+        mmioBus = mmio
+        // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
+        // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.
+        var parameters = virtioSlots.map { "virtio_mmio.device=\($0.size)@0x\(String($0.base, radix: 16)):\($0.gsi)" }
+        if software { parameters.append("noxsave") }
+        commandLine = config.kernelCommandLine(adding: parameters)
+
         let firmware: ACPITableSet
         do {
-            firmware = try ACPIBuilder.build(PlatformDescription(vcpuCount: config.cpus), at: Self.acpiBase)
+            firmware = try ACPIBuilder.build(PlatformDescription(vcpuCount: config.cpus, virtioMMIO: virtioSlots), at: Self.acpiBase)
             try memory.write(firmware.blob, at: firmware.baseAddress)
             try memory.write(MPTable.build(vcpuCount: config.cpus, at: Self.mpTableBase), at: Self.mpTableBase)
         } catch {
@@ -110,7 +142,7 @@ public final class Machine: Sendable {
 
         do {
             plan = try KernelLoader.load(kernelPath: config.kernel, initrdPath: config.initrd,
-                                         commandLine: config.kernelCommandLine(softwareVirtualization: software), into: memory, memoryIsZeroed: true,
+                                         commandLine: commandLine, into: memory, memoryIsZeroed: true,
                                          rsdpAddress: firmware.rsdpAddress,
                                          decompression: config.kernelDecompression)
         } catch {
@@ -143,7 +175,6 @@ public final class Machine: Sendable {
             throw MachineError("device layout: \(error)")
         }
         portBus = ports
-        mmioBus = Bus()
     }
 
     /// Ends the VM with `outcome`, unless it has already ended. Safe from any thread.

@@ -24,6 +24,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var hugePages: Bool
     /// Where a bzImage's kernel is decompressed.
     public var kernelDecompression: KernelDecompression
+    /// Give the guest a virtio-rng device (virtio-mmio), fed from the host's getrandom.
+    public var rng: Bool
 
     /// The command line a kernel gets when none is given: the console on COM1, and a panic or reboot that ends
     /// the VM at once (through a triple fault, which Tern reports) instead of hanging or looking like success.
@@ -32,14 +34,11 @@ public struct VMConfig: Equatable, Sendable, Codable {
     /// The command line the kernel receives.
     public var effectiveCommandLine: String { cmdline.isEmpty ? Self.defaultCommandLine : cmdline }
 
-    /// The command line the kernel gets. On software-virtualisation hosts it gains `noxsave` among the kernel's own
-    /// parameters (before a `--`, after which Linux passes words to init): their KVM reports XSAVE whatever the CPUID
-    /// policy says but cannot run XSAVE/XRSTOR in guest ring 0, and Linux honours `noxsave`.
-    public func kernelCommandLine(softwareVirtualization: Bool) -> String {
-        let line = effectiveCommandLine
-        guard softwareVirtualization else { return line }
-        var words = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
-        words.insert("noxsave", at: words.firstIndex(of: "--") ?? words.count)
+    /// The command line the kernel gets: the configured one with `parameters` added among the kernel's own
+    /// parameters (before a `--`, after which Linux passes words to init).
+    public func kernelCommandLine(adding parameters: [String]) -> String {
+        var words = effectiveCommandLine.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        words.insert(contentsOf: parameters, at: words.firstIndex(of: "--") ?? words.count)
         return words.joined(separator: " ")
     }
 
@@ -50,7 +49,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public init(kernel: String, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
-                kernelDecompression: KernelDecompression = .host) {
+                kernelDecompression: KernelDecompression = .host, rng: Bool = false) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -63,10 +62,11 @@ public struct VMConfig: Equatable, Sendable, Codable {
         self.mergeable = mergeable
         self.hugePages = hugePages
         self.kernelDecompression = kernelDecompression
+        self.rng = rng
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable
+        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
     }
 
@@ -95,7 +95,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
             kvmDevice: try container.decodeIfPresent(String.self, forKey: .kvmDevice) ?? "/dev/kvm",
             mergeable: try container.decodeIfPresent(Bool.self, forKey: .mergeable) ?? false,
             hugePages: try container.decodeIfPresent(Bool.self, forKey: .hugePages) ?? false,
-            kernelDecompression: try container.decodeIfPresent(KernelDecompression.self, forKey: .kernelDecompression) ?? .host)
+            kernelDecompression: try container.decodeIfPresent(KernelDecompression.self, forKey: .kernelDecompression) ?? .host,
+            rng: try container.decodeIfPresent(Bool.self, forKey: .rng) ?? false)
     }
 
     /// Decodes a JSON document; errors name the setting at fault.

@@ -24,7 +24,7 @@ public protocol InterruptSignal: Sendable {
     /// Configuration-change notification: the device configuration space changed.
     func signalConfigurationChange()
     /// Sets DEVICE_NEEDS_RESET in the device status and sends a configuration-change notification.
-    func signalNeedsReset()
+    func signalNeedsReset(reason: String)
 }
 
 /// Why a device could not be activated.
@@ -46,7 +46,7 @@ public enum VirtioDeviceError: Error, Equatable, Sendable, CustomStringConvertib
 ///
 /// The transport owns the common registers (status, feature words, queue set-up); the device supplies its
 /// identity, features, queue limits and configuration space, and gets its queues once the driver sets
-/// DRIVER_OK. A device that finds a driver error after activation calls `InterruptSignal.signalNeedsReset()`
+/// DRIVER_OK. A device that finds a driver error after activation calls `InterruptSignal.signalNeedsReset(reason:)`
 /// and stops using its queues until `reset()`.
 public protocol VirtioDevice {
     /// The device type.

@@ -48,6 +48,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("kernel-decompression"), help: ArgumentHelp("For a bzImage: 'host' (default) unpacks the kernel here and boots it through PVH, skipping the guest's own decompressor; 'guest' boots the bzImage as is.", valueName: "where"))
     var kernelDecompression: String?
 
+    @Flag(help: "Give the guest a virtio-rng device (virtio-mmio) fed from the host's getrandom.")
+    var rng = false
+
     @Flag(help: "Let KSM merge identical guest pages (MADV_MERGEABLE).")
     var mergeable = false
 
@@ -93,6 +96,7 @@ struct Run: ParsableCommand {
             settings.kernelDecompression = value
         }
         if mergeable { settings.mergeable = true }
+        if rng { settings.rng = true }
         if hugePages { settings.hugePages = true }
         return settings
     }

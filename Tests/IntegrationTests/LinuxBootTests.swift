@@ -61,7 +61,8 @@ import VMM
         }
         let plan = machine.plan
         #expect(output.contains("Linux version \(kernel.release)"), "outcome \(outcome); console:\n\(output.suffix(2000))")
-        #expect(output.contains("Command line: \(config.kernelCommandLine(softwareVirtualization: Self.softwareVirtualization))"))
+        #expect(output.contains("Command line: \(machine.commandLine)"))
+        #expect(machine.commandLine.hasPrefix(config.cmdline))
         for entry in plan.memoryMap {
             let kind = entry.kind == .ram ? "usable" : "reserved"
             #expect(output.contains("BIOS-e820: [mem \(hex16(entry.address))-\(hex16(entry.address + entry.size - 1))] \(kind)"))

@@ -77,9 +77,9 @@ import VMM
         #expect(VMConfig(kernel: "k", cmdline: "quiet").effectiveCommandLine == "quiet")
     }
 
-    @Test func softwareVirtualizationAddsNoxsaveBeforeInitArguments() {
-        #expect(VMConfig(kernel: "k", cmdline: "quiet").kernelCommandLine(softwareVirtualization: true) == "quiet noxsave")
-        #expect(VMConfig(kernel: "k", cmdline: "quiet -- uname -r").kernelCommandLine(softwareVirtualization: true) == "quiet noxsave -- uname -r")
-        #expect(VMConfig(kernel: "k", cmdline: "quiet -- a -- b").kernelCommandLine(softwareVirtualization: false) == "quiet -- a -- b")
+    @Test func addedParametersGoBeforeInitArguments() {
+        #expect(VMConfig(kernel: "k", cmdline: "quiet").kernelCommandLine(adding: ["noxsave"]) == "quiet noxsave")
+        #expect(VMConfig(kernel: "k", cmdline: "quiet -- uname -r").kernelCommandLine(adding: ["noxsave", "a=b"]) == "quiet noxsave a=b -- uname -r")
+        #expect(VMConfig(kernel: "k", cmdline: "quiet -- a -- b").kernelCommandLine(adding: []) == "quiet -- a -- b")
     }
 }

@@ -10,7 +10,7 @@ final class RecordingInterrupt: InterruptSignal {
 
     func signalUsedBuffers(queue: Int) { usedBuffers.withLock { $0.append(queue) } }
     func signalConfigurationChange() {}
-    func signalNeedsReset() { needsReset.withLock { $0 = true } }
+    func signalNeedsReset(reason: String) { needsReset.withLock { $0 = true } }
 }
 
 /// A minimal entropy-like device: fills every writable buffer with 0xAB.
@@ -50,7 +50,7 @@ struct FillDevice: VirtioDevice {
                 if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
             } while queue.enableNotifications()
         } catch {
-            interrupt.signalNeedsReset()
+            interrupt.signalNeedsReset(reason: "test")
             self.queue = nil
         }
     }

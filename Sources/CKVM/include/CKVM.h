@@ -45,6 +45,9 @@ CKVM_REQUEST(KVM_GET_VCPU_EVENTS)
 CKVM_REQUEST(KVM_SET_VCPU_EVENTS)
 #undef CKVM_REQUEST
 
+/* Offset of the MMIO data bytes inside struct kvm_run (inside an anonymous union, which Swift cannot take offsets of). */
+static inline size_t ckvm_mmio_data_offset(void) { return offsetof(struct kvm_run, mmio.data); }
+
 /* A kvm_cpuid2 with room for `capacity` entries, allocated with calloc. Free with free(). */
 struct kvm_cpuid2 *ckvm_cpuid2_alloc(uint32_t capacity);
 struct kvm_cpuid_entry2 *ckvm_cpuid2_entries(struct kvm_cpuid2 *cpuid);
