@@ -50,6 +50,18 @@ public final class VirtualMachine: Sendable {
         try ioctlStruct(descriptor.raw, ckvm_KVM_IRQ_LINE(), &line, "KVM_IRQ_LINE")
     }
 
+    /// Makes guest writes of `value` (`length` bytes) to MMIO address `address` signal eventfd `descriptor`
+    /// inside KVM instead of exiting to the VMM.
+    public func registerNotification(mmioAddress address: UInt64, length: UInt32, value: UInt64, descriptor: Int32) throws(KVMError) {
+        var request = kvm_ioeventfd()
+        request.datamatch = value
+        request.addr = address
+        request.len = length
+        request.fd = descriptor
+        request.flags = UInt32(1 << kvm_ioeventfd_flag_nr_datamatch)
+        try ioctlStruct(self.descriptor.raw, ckvm_KVM_IOEVENTFD(), &request, "KVM_IOEVENTFD")
+    }
+
     /// Creates vCPU `id`. Call this on the thread that will run it: KVM expects vCPU ioctls from that thread.
     public func createVCPU(id: UInt32) throws(KVMError) -> VCPU {
         let fd = try ioctlValue(descriptor.raw, ckvm_KVM_CREATE_VCPU(), Int32(id), "KVM_CREATE_VCPU")

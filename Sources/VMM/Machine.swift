@@ -47,6 +47,8 @@ public final class Machine: Sendable {
     let cpuid: CPUIDPolicy
     let logger: Logger
     let control = MachineControl()
+    /// Runs device work signalled through ioeventfds.
+    let ioThread: IOThread
 
     /// Builds the VM. `console` overrides where guest console output goes (by default, `config.console`).
     public init(config: VMConfig, console: (any ConsoleOutput)? = nil, logger: Logger = Logger(label: "tern")) throws(MachineError) {
@@ -107,7 +109,9 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
 
-        // VirtIO devices on virtio-mmio, one 512-byte window and one level-triggered IOAPIC input each.
+        // VirtIO devices on virtio-mmio, one 512-byte window and one level-triggered IOAPIC input each. Queue
+        // notifications go through ioeventfds to the I/O thread; should KVM refuse one, the MMIO exit still works.
+        ioThread = try IOThread()
         var mmio = Bus()
         var virtioSlots: [VirtioMMIODevice] = []
         if config.rng {
@@ -121,6 +125,15 @@ public final class Machine: Sendable {
                 try mmio.register(transport, base: UInt64(slot.base), length: UInt64(slot.size))
             } catch {
                 throw MachineError("device layout: \(error)")
+            }
+            for queue in 0..<transport.queueCount {
+                let descriptor = try ioThread.addEvent { transport.notify(queue: queue) }
+                do {
+                    try vm.registerNotification(mmioAddress: UInt64(slot.base) + VirtioMMIOTransport.queueNotifyOffset,
+                                                length: 4, value: UInt64(queue), descriptor: descriptor)
+                } catch {
+                    logger.info("virtio queue notifications stay on vCPU threads: \(error)")
+                }
             }
             virtioSlots.append(slot)
         }

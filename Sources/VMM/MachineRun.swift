@@ -55,8 +55,10 @@ extension Machine {
             input?.start()
         }
 
+        ioThread.start()
         waitForStop(signalDescriptor: signalDescriptor)
         for thread in threads { pthread_join(thread, nil) }
+        ioThread.stop()
         input?.stop()
         if handleSignals {
             // Signals that arrived while the VM wound down are answered already: drop them rather than die of them.

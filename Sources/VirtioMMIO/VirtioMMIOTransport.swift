@@ -311,6 +311,17 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         }
     }
 
+    /// Offset of the QueueNotify register, for routing notifications through an eventfd.
+    public static let queueNotifyOffset: UInt64 = Register.queueNotify
+
+    /// Number of queues the device has.
+    public var queueCount: Int { state.withLock { $0.queues.count } }
+
+    /// Handles a notification for `queue` that arrived outside the register path (an eventfd on an I/O thread).
+    public func notify(queue: Int) {
+        state.withLock { state in notify(queue: UInt32(truncatingIfNeeded: queue), &state) }
+    }
+
     /// Passes an available-buffer notification to the device when it is running and the queue is ready.
     private func notify(queue value: UInt32, _ state: inout State) {
         guard state.active, let index = Int(exactly: value), index < state.queues.count, state.queues[index].ready,

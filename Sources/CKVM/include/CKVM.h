@@ -10,6 +10,7 @@
 #include <sys/types.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/epoll.h>
 
 #define CKVM_REQUEST(name) static inline unsigned long ckvm_##name(void) { return name; }
 CKVM_REQUEST(KVM_GET_API_VERSION)
@@ -42,6 +43,7 @@ CKVM_REQUEST(KVM_SET_MP_STATE)
 CKVM_REQUEST(KVM_SET_TSC_KHZ)
 CKVM_REQUEST(KVM_GET_TSC_KHZ)
 CKVM_REQUEST(KVM_GET_VCPU_EVENTS)
+CKVM_REQUEST(KVM_IOEVENTFD)
 CKVM_REQUEST(KVM_SET_VCPU_EVENTS)
 #undef CKVM_REQUEST
 
