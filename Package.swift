@@ -25,8 +25,9 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         // The virtio-mmio (version 2) transport: one VirtioDevice behind a register window on the MMIO bus.
         .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "GuestMemory"]),
-        // VirtIO device models, transport-independent: entropy (virtio-rng).
-        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory"]),
+        // VirtIO device models, transport-independent: entropy (virtio-rng), block (virtio-blk).
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory", "Qcow2"]),
+        .testTarget(name: "VirtioDevicesTests", dependencies: ["VirtioDevices", "Virtio", "GuestMemory", "Qcow2"]),
         .testTarget(
             name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "VirtioDevices", "Virtio", "Devices", "GuestMemory"]
         ),
@@ -48,7 +49,7 @@ let package = Package(
         .target(
             name: "VMM",
             dependencies: [
-                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "VirtioMMIO", "VirtioDevices",
+                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "VirtioMMIO", "VirtioDevices", "Qcow2",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

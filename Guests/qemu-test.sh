@@ -55,6 +55,23 @@ run rng      10 7   "legacy (Version 1) virtio-rng at 0xfeb02e00" "$RNG_CL" -dev
 # "succeeds" (status 0xf); a self-looping chain gives "Looped descriptor" and NEEDS_RESET.
 run rng      10 1   "^rng: device status 0x" "$RNG_CL mode=bad-desc-oob" $RNG_DEV
 run rng      10 1   "^rng: device status 0x4f" "$RNG_CL mode=bad-desc-loop" $RNG_DEV
+# blk: virtio-blk on a raw file (same microvm quirks as rng). The default mode writes the
+# pattern; a second boot verifies it persisted; bench writes keep the pattern valid.
+DISK=$(mktemp)
+trap 'rm -f "$out" "$DISK"' EXIT
+truncate -s 64M "$DISK"
+BLK_DEV="-global virtio-mmio.force-legacy=false -drive id=d0,file=$DISK,format=raw,if=none"
+BLK_SER="-device virtio-blk-device,drive=d0,serial=tern0"
+run blk      10 1   "^blk: wrote and verified 521 sectors on a 64 MiB disk (serial \"tern0\")" "$RNG_CL" $BLK_DEV $BLK_SER
+run blk      10 1   "^blk: pattern verified on 521 sectors" "$RNG_CL mode=check-pattern" $BLK_DEV $BLK_SER
+run blk      10 3   "^blk: mismatch in sector 0 at byte 0" "$RNG_CL mode=check-pattern seed=2" $BLK_DEV $BLK_SER
+run blk      10 1   "^blk: read-only disk refused the write" "$RNG_CL mode=read-only" $BLK_DEV,readonly=on $BLK_SER
+run blk      10 3   "^blk: disk is read-only" "$RNG_CL" $BLK_DEV,readonly=on $BLK_SER
+run blk      10 3   "does not offer VIRTIO_BLK_F_RO" "$RNG_CL mode=read-only" $BLK_DEV $BLK_SER
+run blk      20 1   "^blk-bench: randread iops=[0-9]* randwrite iops=[0-9]* seqread MB/s=[0-9]*" "$RNG_CL mode=bench ms=200 tsc-khz=2000000" $BLK_DEV $BLK_SER
+run blk      10 1   "^blk: pattern verified on 521 sectors" "$RNG_CL mode=check-pattern" $BLK_DEV $BLK_SER
+run blk      10 7   "^blk: no virtio-blk device" "$RNG_CL"
+run blk      10 9   "^blk: unknown mode foo" "mode=foo"
 # Triple fault: KVM_EXIT_SHUTDOWN; with -no-reboot QEMU exits 0.
 run crash    10 0   "crash: mode triple" "mode=triple"
 # Emulation failures: QEMU prints "KVM internal error" and then stays paused (timeout: 124).

@@ -6,7 +6,9 @@ import Glibc
 import GuestMemory
 import KVM
 import Logging
+import Qcow2
 import Synchronization
+import Virtio
 import VirtioDevices
 import VirtioMMIO
 import X86
@@ -34,6 +36,8 @@ public final class Machine: Sendable {
     static let virtioMMIOBase: UInt32 = 0xFEB0_0000
     static let virtioMMIOStride: UInt32 = 0x200
     static let virtioFirstGSI: UInt32 = 16
+    /// Inputs of KVM's in-kernel IOAPIC.
+    static let ioapicInputs: UInt32 = 24
 
     public let config: VMConfig
     public let memory: GuestMemory
@@ -49,6 +53,8 @@ public final class Machine: Sendable {
     let control = MachineControl()
     /// Runs device work signalled through ioeventfds.
     let ioThread: IOThread
+    /// The disks' backends, flushed when the VM stops.
+    let backends: [any BlockBackend]
 
     /// Builds the VM. `console` overrides where guest console output goes (by default, `config.console`).
     public init(config: VMConfig, console: (any ConsoleOutput)? = nil, logger: Logger = Logger(label: "tern")) throws(MachineError) {
@@ -114,13 +120,36 @@ public final class Machine: Sendable {
         ioThread = try IOThread()
         var mmio = Bus()
         var virtioSlots: [VirtioMMIODevice] = []
-        if config.rng {
+        // Each device is made where its transport takes it over, so that it is never shared.
+        let memory = memory
+        var devices: [(name: String, make: () -> any VirtioDevice)] = []
+        var backends: [any BlockBackend] = []
+        for (index, disk) in config.disks.enumerated() {
+            let backend: any BlockBackend
+            do {
+                backend = try openImage(path: disk.path, format: disk.format.map { ImageFormat(rawValue: $0.rawValue)! },
+                                        writable: !disk.readOnly)
+            } catch {
+                throw MachineError("disk \(disk.path): \(error)")
+            }
+            backends.append(backend)
+            let serial = disk.serial ?? "tern-disk\(index)"
+            devices.append(("virtio-blk \(index)", {
+                Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial)
+            }))
+        }
+        if config.rng { devices.append(("virtio-rng", { Entropy(memory: memory) })) }
+        self.backends = backends
+        for (name, make) in devices {
             let slot = VirtioMMIODevice(base: Self.virtioMMIOBase + UInt32(virtioSlots.count) * Self.virtioMMIOStride,
                                         size: Self.virtioMMIOStride, gsi: Self.virtioFirstGSI + UInt32(virtioSlots.count))
-            let transport = VirtioMMIOTransport(device: Entropy(memory: memory), memory: memory,
+            guard slot.gsi < Self.ioapicInputs else {
+                throw MachineError("too many virtio devices: at most \(Self.ioapicInputs - Self.virtioFirstGSI) fit the IOAPIC")
+            }
+            let transport = VirtioMMIOTransport(device: make(), memory: memory,
                                                 interrupt: KVMInterruptLine(vm: vm, gsi: slot.gsi),
-                                                debugLog: { [logger] line in logger.debug("virtio-rng: \(line)") },
-                                                errorLog: { [logger] line in logger.warning("\(line)") })
+                                                debugLog: { [logger] line in logger.debug("\(name): \(line)") },
+                                                errorLog: { [logger] line in logger.warning("\(name): \(line)") })
             do {
                 try mmio.register(transport, base: UInt64(slot.base), length: UInt64(slot.size))
             } catch {
@@ -132,7 +161,7 @@ public final class Machine: Sendable {
                     try vm.registerNotification(mmioAddress: UInt64(slot.base) + VirtioMMIOTransport.queueNotifyOffset,
                                                 length: 4, value: UInt64(queue), descriptor: descriptor)
                 } catch {
-                    logger.info("virtio queue notifications stay on vCPU threads: \(error)")
+                    logger.info("\(name) queue notifications stay on vCPU threads: \(error)")
                 }
             }
             virtioSlots.append(slot)

@@ -59,6 +59,13 @@ extension Machine {
         waitForStop(signalDescriptor: signalDescriptor)
         for thread in threads { pthread_join(thread, nil) }
         ioThread.stop()
+        for backend in backends {
+            do {
+                try backend.flush()
+            } catch {
+                logger.error("flushing a disk when the VM stopped: \(error)")
+            }
+        }
         input?.stop()
         if handleSignals {
             // Signals that arrived while the VM wound down are answered already: drop them rather than die of them.

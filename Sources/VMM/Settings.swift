@@ -195,3 +195,71 @@ extension String {
         String(drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
     }
 }
+
+/// A disk given to the guest as a virtio-blk device: `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]`.
+public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible {
+    public enum Format: String, Equatable, Sendable {
+        case raw, qcow2
+    }
+
+    public var path: String
+    public var readOnly: Bool
+    /// The image format; nil means detect it from the file.
+    public var format: Format?
+    /// What the guest reads as the disk's serial number (at most 20 bytes).
+    public var serial: String?
+
+    public init(path: String, readOnly: Bool = false, format: Format? = nil, serial: String? = nil) {
+        self.path = path
+        self.readOnly = readOnly
+        self.format = format
+        self.serial = serial
+    }
+
+    public init(parsing text: String) throws(ConfigError) {
+        var path: String?
+        var readOnly = false
+        var format: Format?
+        var serial: String?
+        for option in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[1].isEmpty else {
+                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]")
+            }
+            let value = String(parts[1])
+            switch parts[0] {
+            case "path": path = value
+            case "readonly":
+                guard value == "on" || value == "off" else { throw ConfigError("disk '\(text)': readonly takes on or off") }
+                readOnly = value == "on"
+            case "format":
+                guard let known = Format(rawValue: value) else { throw ConfigError("disk '\(text)': format '\(value)' is not raw or qcow2") }
+                format = known
+            case "serial":
+                guard value.utf8.count <= 20 else { throw ConfigError("disk '\(text)': serial is longer than 20 bytes") }
+                serial = value
+            default:
+                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format or serial")
+            }
+        }
+        guard let path else { throw ConfigError("disk '\(text)' has no path=FILE") }
+        self.init(path: path, readOnly: readOnly, format: format, serial: serial)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try DiskSetting(parsing: decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+
+    public var description: String {
+        var text = "path=\(path)"
+        if readOnly { text += ",readonly=on" }
+        if let format { text += ",format=\(format.rawValue)" }
+        if let serial { text += ",serial=\(serial)" }
+        return text
+    }
+}

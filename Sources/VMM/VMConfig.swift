@@ -26,6 +26,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var kernelDecompression: KernelDecompression
     /// Give the guest a virtio-rng device (virtio-mmio), fed from the host's getrandom.
     public var rng: Bool
+    /// Disks, each a virtio-blk device (virtio-mmio).
+    public var disks: [DiskSetting]
 
     /// The command line a kernel gets when none is given: the console on COM1, and a panic or reboot that ends
     /// the VM at once (through a triple fault, which Tern reports) instead of hanging or looking like success.
@@ -49,7 +51,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public init(kernel: String, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
-                kernelDecompression: KernelDecompression = .host, rng: Bool = false) {
+                kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = []) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -63,10 +65,11 @@ public struct VMConfig: Equatable, Sendable, Codable {
         self.hugePages = hugePages
         self.kernelDecompression = kernelDecompression
         self.rng = rng
+        self.disks = disks
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng
+        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
     }
 
@@ -96,7 +99,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
             mergeable: try container.decodeIfPresent(Bool.self, forKey: .mergeable) ?? false,
             hugePages: try container.decodeIfPresent(Bool.self, forKey: .hugePages) ?? false,
             kernelDecompression: try container.decodeIfPresent(KernelDecompression.self, forKey: .kernelDecompression) ?? .host,
-            rng: try container.decodeIfPresent(Bool.self, forKey: .rng) ?? false)
+            rng: try container.decodeIfPresent(Bool.self, forKey: .rng) ?? false,
+            disks: try container.decodeIfPresent([DiskSetting].self, forKey: .disks) ?? [])
     }
 
     /// Decodes a JSON document; errors name the setting at fault.

@@ -48,6 +48,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("kernel-decompression"), help: ArgumentHelp("For a bzImage: 'host' (default) unpacks the kernel here and boots it through PVH, skipping the guest's own decompressor; 'guest' boots the bzImage as is.", valueName: "where"))
     var kernelDecompression: String?
 
+    @Option(help: ArgumentHelp("A disk for the guest as virtio-blk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]. Repeatable.", valueName: "spec"))
+    var disk: [String] = []
+
     @Flag(help: "Give the guest a virtio-rng device (virtio-mmio) fed from the host's getrandom.")
     var rng = false
 
@@ -97,6 +100,7 @@ struct Run: ParsableCommand {
         }
         if mergeable { settings.mergeable = true }
         if rng { settings.rng = true }
+        for spec in disk { settings.disks.append(try DiskSetting(parsing: spec)) }
         if hugePages { settings.hugePages = true }
         return settings
     }

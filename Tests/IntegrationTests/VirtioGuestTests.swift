@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 import VMM
 
@@ -31,5 +32,66 @@ import VMM
                                   console: DiscardOutput())
         #expect(machine.commandLine.hasPrefix("quiet virtio_mmio.device=512@0xfeb00000:16"))
         #expect(machine.commandLine.hasSuffix(" -- init-arg"))
+    }
+}
+
+/// The `blk` test guest drives virtio-blk over virtio-mmio against raw and qcow2 images.
+@Suite(.serialized) struct VirtioBlockGuestTests {
+    static func scratch(_ name: String) -> String { "/tmp/tern-blk-\(getpid())-\(name)" }
+
+    static func ternImage(_ arguments: [String]) throws {
+        let result = try runProcess([Repository.ternBinary(), "image"] + arguments)
+        try #require(result.status == 0, "tern image \(arguments): \(result.stderr)")
+    }
+
+    @Test func rawDiskKeepsWhatTheGuestWrote() throws {
+        let path = Self.scratch("raw")
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        try #require(fd >= 0 && ftruncate(fd, 64 << 20) == 0)
+        close(fd)
+        defer { unlink(path) }
+        let write = try boot(VMConfig(kernel: Repository.guest("blk"), disks: [DiskSetting(path: path, serial: "tern0")]))
+        #expect(write.outcome == .guestExit(0), "output: \(write.output)")
+        #expect(write.output.contains("wrote and verified 521 sectors on a 64 MiB disk (serial \"tern0\")"))
+        let check = try boot(VMConfig(kernel: Repository.guest("blk"), cmdline: "mode=check-pattern", disks: [DiskSetting(path: path)]))
+        #expect(check.outcome == .guestExit(0), "output: \(check.output)")
+        let readOnly = try boot(VMConfig(kernel: Repository.guest("blk"), cmdline: "mode=read-only",
+                                         disks: [DiskSetting(path: path, readOnly: true)]))
+        #expect(readOnly.outcome == .guestExit(0), "output: \(readOnly.output)")
+        #expect(readOnly.output.contains("read-only disk refused the write"))
+    }
+
+    /// A guest writes through an overlay: its data lands in the overlay, the backing image keeps the old data,
+    /// and qemu-img finds both images consistent.
+    @Test func qcow2OverlayOnABackingFile() throws {
+        let base = Self.scratch("base.qcow2")
+        let top = Self.scratch("top.qcow2")
+        defer { unlink(base); unlink(top) }
+        try Self.ternImage(["create", "--format", "qcow2", base, "64M"])
+        let first = try boot(VMConfig(kernel: Repository.guest("blk"), cmdline: "seed=1", disks: [DiskSetting(path: base)]))
+        #expect(first.outcome == .guestExit(0), "output: \(first.output)")
+        try Self.ternImage(["create", "--format", "qcow2", "--backing", base, "--backing-format", "qcow2", top])
+        let inherited = try boot(VMConfig(kernel: Repository.guest("blk"), cmdline: "mode=check-pattern seed=1",
+                                          disks: [DiskSetting(path: top, format: .qcow2)]))
+        #expect(inherited.outcome == .guestExit(0), "the overlay reads the backing file's data: \(inherited.output)")
+        let overwrite = try boot(VMConfig(kernel: Repository.guest("blk"), cmdline: "seed=2", disks: [DiskSetting(path: top)]))
+        #expect(overwrite.outcome == .guestExit(0), "output: \(overwrite.output)")
+        let baseKept = try boot(VMConfig(kernel: Repository.guest("blk"), cmdline: "mode=check-pattern seed=1",
+                                         disks: [DiskSetting(path: base, readOnly: true)]))
+        #expect(baseKept.outcome == .guestExit(0), "the backing file is unchanged: \(baseKept.output)")
+        for image in [base, top] {
+            let check = try runProcess(["/usr/bin/qemu-img", "check", image])
+            #expect(check.status == 0, "qemu-img check \(image): \(check.stdout) \(check.stderr)")
+        }
+    }
+
+    @Test func missingDiskIsAClearError() throws {
+        do {
+            _ = try Machine(config: VMConfig(kernel: Repository.guest("blk"), disks: [DiskSetting(path: "/nonexistent/disk.img")]),
+                            console: DiscardOutput())
+            Issue.record("a missing disk was accepted")
+        } catch {
+            #expect(String(describing: error).hasPrefix("disk /nonexistent/disk.img: "))
+        }
     }
 }

@@ -83,3 +83,19 @@ import VMM
         #expect(VMConfig(kernel: "k", cmdline: "quiet -- a -- b").kernelCommandLine(adding: []) == "quiet -- a -- b")
     }
 }
+
+@Suite struct DiskSettingTests {
+    @Test func parsesOptions() throws {
+        #expect(try DiskSetting(parsing: "path=/d.qcow2") == DiskSetting(path: "/d.qcow2"))
+        #expect(try DiskSetting(parsing: "path=d.img,readonly=on,format=raw,serial=abc")
+                == DiskSetting(path: "d.img", readOnly: true, format: .raw, serial: "abc"))
+        #expect(try DiskSetting(parsing: "format=qcow2,path=x").description == "path=x,format=qcow2")
+    }
+
+    @Test func refusesBadSpecs() {
+        for bad in ["", "d.img", "path=", "path=a,readonly=yes", "path=a,format=vmdk", "path=a,bogus=1",
+                    "path=a,serial=123456789012345678901", "readonly=on"] {
+            #expect(throws: ConfigError.self) { try DiskSetting(parsing: bad) }
+        }
+    }
+}

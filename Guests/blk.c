@@ -1,0 +1,368 @@
+/* blk: drives a virtio-blk (block, device ID 2) virtio-mmio device from ring 3 by polling.
+ * Written from the VIRTIO 1.2 spec, 5.2. One request in flight at a time, each a chain of
+ * three descriptors: 16-byte header (device-readable), data (device-readable for OUT,
+ * device-writable for IN/GET_ID), 1-byte status (device-writable). FLUSH has no data part.
+ *
+ * Cmdline: mode=test (default) | check-pattern | read-only | bench; seed=N (default 1);
+ *          timeout=<TSC cycles per request> (default 2e9); ms=<bench phase length, default
+ *          2000>; tsc-khz=<override the TSC frequency used by bench>; bench-cycles=<phase
+ *          length when the TSC frequency is unknown, default 4e9>.
+ * Exit 0: ok. Exit 1: failure (one line `blk: <reason>`). Exit 3: no device. Exit 4: bad mode.
+ *
+ * Pattern: the 8-byte word i (0..63) of sector s holds
+ *     ((seed & 0xffff) << 48) | (s << 6) | i
+ * (little-endian; s < 2^42), so it depends only on the seed and the position. */
+#include "rt.h"
+#include "virtio_mmio.h"
+
+/* ---- virtio-blk (5.2) ---- */
+#define VIRTIO_BLK_F_RO        (1ull << 5)
+#define VIRTIO_BLK_F_FLUSH     (1ull << 9)
+
+#define VIRTIO_BLK_T_IN        0
+#define VIRTIO_BLK_T_OUT       1
+#define VIRTIO_BLK_T_FLUSH     4
+#define VIRTIO_BLK_T_GET_ID    8
+
+#define VIRTIO_BLK_S_OK        0
+#define VIRTIO_BLK_S_IOERR     1
+#define VIRTIO_BLK_S_UNSUPP    2
+
+#define VIRTIO_BLK_ID_BYTES    20
+#define SECTOR                 512u
+#define CFG_CAPACITY           0x100     /* le64, in 512-byte sectors */
+
+struct blk_req_hdr {                     /* 5.2.6: le32 type, le32 reserved, le64 sector */
+    uint32_t type;
+    uint32_t reserved;
+    uint64_t sector;
+};
+
+/* ---- test parameters ---- */
+#define SPREAD_REQS    64        /* 4 KiB requests: first, last and 62 spread between */
+#define SINGLE_REQS    9         /* 512-byte requests */
+#define REQ4K_SECTORS  8
+#define SEQ_BYTES      65536u    /* bench: sequential read size */
+#define STATUS_UNSET   0xff      /* status byte before the device writes it */
+
+static uint8_t ring_mem[VMMIO_QUEUE_MEM_SIZE] __attribute__((aligned(4096)));
+static uint8_t data[SEQ_BYTES] __attribute__((aligned(4096)));
+static struct blk_req_hdr hdr __attribute__((aligned(16)));
+static volatile uint8_t status_byte;
+
+static struct vmmio_dev dev;
+static struct virtq q;
+static uint64_t timeout;
+static uint64_t capacity;                /* sectors */
+static uint64_t seed;
+static unsigned used_len_notes;
+
+static inline uint64_t pattern_word(uint64_t s, unsigned i) {
+    return ((seed & 0xffff) << 48) | (s << 6) | i;
+}
+
+static void fill_pattern(uint64_t sector, unsigned nsect) {
+    uint64_t *w = (uint64_t *)data;
+    for (unsigned k = 0; k < nsect; k++)
+        for (unsigned i = 0; i < SECTOR / 8; i++) w[k * (SECTOR / 8) + i] = pattern_word(sector + k, i);
+}
+
+/* Returns 0, or prints the first bad sector and returns -1. */
+static int check_pattern(uint64_t sector, unsigned nsect) {
+    const uint64_t *w = (const uint64_t *)data;
+    for (unsigned k = 0; k < nsect; k++)
+        for (unsigned i = 0; i < SECTOR / 8; i++) {
+            uint64_t want = pattern_word(sector + k, i), got = w[k * (SECTOR / 8) + i];
+            if (got != want) {
+                rt_printf("blk: mismatch in sector %lu at byte %u: read 0x%016lx expected 0x%016lx\n",
+                          sector + k, i * 8, got, want);
+                return -1;
+            }
+        }
+    return 0;
+}
+
+/* Reads the 64-bit capacity under the ConfigGeneration protocol (4.2.2, 2.5.1). */
+static uint64_t read_capacity(void) {
+    uint64_t v = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t g = vmmio_read(&dev, VMMIO_CONFIG_GENERATION);
+        uint64_t lo = vmmio_read(&dev, CFG_CAPACITY);
+        uint64_t hi = vmmio_read(&dev, CFG_CAPACITY + 4);
+        v = (hi << 32) | lo;
+        if (vmmio_read(&dev, VMMIO_CONFIG_GENERATION) == g) break;
+    }
+    return v;
+}
+
+/* One request, waited for. Returns the status byte the device wrote (0 = OK), or -1 on a
+ * transport problem (timeout, wrong used id, status not written), after printing why. */
+static int blk_request(uint32_t type, uint64_t sector, void *buf, uint32_t len) {
+    hdr.type = type;
+    hdr.reserved = 0;
+    hdr.sector = sector;
+    status_byte = STATUS_UNSET;
+    int dev_writes = type == VIRTIO_BLK_T_IN || type == VIRTIO_BLK_T_GET_ID;
+
+    q.desc[0].addr = (uint64_t)(uintptr_t)&hdr;
+    q.desc[0].len = sizeof hdr;
+    q.desc[0].flags = VIRTQ_DESC_F_NEXT;
+    q.desc[0].next = len ? 1 : 2;
+    q.desc[1].addr = (uint64_t)(uintptr_t)buf;
+    q.desc[1].len = len;
+    q.desc[1].flags = VIRTQ_DESC_F_NEXT | (dev_writes ? VIRTQ_DESC_F_WRITE : 0);
+    q.desc[1].next = 2;
+    q.desc[2].addr = (uint64_t)(uintptr_t)&status_byte;
+    q.desc[2].len = 1;
+    q.desc[2].flags = VIRTQ_DESC_F_WRITE;
+    q.desc[2].next = 0;
+    vmmio_submit(&dev, &q, 0);
+
+    uint32_t id, ulen;
+    if (!vmmio_poll_used(&dev, &q, timeout, &id, &ulen)) {
+        rt_printf("blk: request type %u sector %lu timed out after %lu cycles (used.idx %u, status 0x%x)\n",
+                  type, sector, timeout, q.used->idx, vmmio_status(&dev));
+        return -1;
+    }
+    if (id != 0) {
+        rt_printf("blk: request type %u sector %lu: used id %u, expected 0\n", type, sector, id);
+        return -1;
+    }
+    uint8_t st = status_byte;
+    if (st == STATUS_UNSET) {
+        rt_printf("blk: request type %u sector %lu: device did not write the status byte\n", type, sector);
+        return -1;
+    }
+    /* The used length should count the bytes written into device-writable buffers: data +
+     * status for IN/GET_ID (GET_ID may write fewer than 20), 1 for OUT/FLUSH. Not fatal. */
+    uint32_t want = dev_writes ? len + 1 : 1;
+    if (st == VIRTIO_BLK_S_OK && ulen != want && !(type == VIRTIO_BLK_T_GET_ID && ulen <= want) &&
+        used_len_notes++ == 0)
+        rt_printf("blk: note: request type %u: used len %u, expected %u (not checked further)\n",
+                  type, ulen, want);
+    return st;
+}
+
+/* Runs a request that must succeed; prints and returns -1 otherwise. */
+static int blk_ok(uint32_t type, uint64_t sector, void *buf, uint32_t len) {
+    int st = blk_request(type, sector, buf, len);
+    if (st == VIRTIO_BLK_S_OK) return 0;
+    if (st > 0)
+        rt_printf("blk: request type %u sector %lu len %u failed with status %d (%s)\n", type, sector, len, st,
+                  st == VIRTIO_BLK_S_IOERR ? "IOERR" : st == VIRTIO_BLK_S_UNSUPP ? "UNSUPP" : "unknown");
+    return -1;
+}
+
+/* Request r of the test set: returns its first sector and sector count. */
+static void test_region(unsigned r, uint64_t *sector, unsigned *nsect) {
+    if (r < SPREAD_REQS) {
+        /* 4 KiB at 8-aligned positions from 0 to the last full 8 sectors. */
+        uint64_t last = (capacity - REQ4K_SECTORS) & ~(uint64_t)(REQ4K_SECTORS - 1);
+        uint64_t s = r == SPREAD_REQS - 1 ? capacity - REQ4K_SECTORS
+                                          : (last / (SPREAD_REQS - 1) * r) & ~(uint64_t)(REQ4K_SECTORS - 1);
+        *sector = s;
+        *nsect = REQ4K_SECTORS;
+    } else {
+        /* Single sectors at odd positions spread over the disk, ending with the last one. */
+        unsigned k = r - SPREAD_REQS;
+        *sector = k == SINGLE_REQS - 1 ? capacity - 1 : ((capacity / SINGLE_REQS) * k + 3) | 1;
+        *nsect = 1;
+    }
+}
+
+static int write_and_verify(int write) {
+    uint64_t total = 0;
+    if (write)
+        for (unsigned r = 0; r < SPREAD_REQS + SINGLE_REQS; r++) {
+            uint64_t s;
+            unsigned n;
+            test_region(r, &s, &n);
+            fill_pattern(s, n);
+            if (blk_ok(VIRTIO_BLK_T_OUT, s, data, n * SECTOR)) return -1;
+        }
+    for (unsigned r = 0; r < SPREAD_REQS + SINGLE_REQS; r++) {
+        uint64_t s;
+        unsigned n;
+        test_region(r, &s, &n);
+        memset(data, 0xEE, n * SECTOR);
+        if (blk_ok(VIRTIO_BLK_T_IN, s, data, n * SECTOR)) return -1;
+        if (check_pattern(s, n)) return -1;
+        total += n;
+    }
+    return (int)total;
+}
+
+/* GET_ID into `id` (printable characters only, NUL-terminated). Returns the status. */
+static int get_id(char id[VIRTIO_BLK_ID_BYTES + 1]) {
+    memset(data, 0, VIRTIO_BLK_ID_BYTES);
+    int st = blk_request(VIRTIO_BLK_T_GET_ID, 0, data, VIRTIO_BLK_ID_BYTES);
+    unsigned n = 0;
+    if (st == VIRTIO_BLK_S_OK)
+        for (; n < VIRTIO_BLK_ID_BYTES && data[n]; n++) id[n] = (data[n] >= 0x20 && data[n] < 0x7f) ? (char)data[n] : '?';
+    id[n] = 0;
+    return st;
+}
+
+/* ---- bench ---- */
+/* CPUID as the VMM configured it (rt_cpuid runs it in ring 0, see README). */
+static void cpuid0(uint32_t leaf, uint32_t r[4]) { rt_cpuid(leaf, 0, r); }
+
+/* TSC frequency in kHz from the VMM's CPUID (ring 0, see README): leaf 0x15 (crystal * ratio),
+ * else 0x16 (base MHz), else the hypervisor timing leaf 0x40000010 (EAX = TSC kHz). 0 = unknown. */
+static uint64_t tsc_khz(const char **src) {
+    uint32_t r[4];
+    cpuid0(0, r);
+    uint32_t max = r[0];
+    if (max >= 0x15) {
+        cpuid0(0x15, r);
+        if (r[0] && r[1] && r[2]) { *src = "CPUID 0x15"; return (uint64_t)r[2] * r[1] / r[0] / 1000; }
+    }
+    if (max >= 0x16) {
+        cpuid0(0x16, r);
+        if (r[0] & 0xffff) { *src = "CPUID 0x16"; return (uint64_t)(r[0] & 0xffff) * 1000; }
+    }
+    cpuid0(1, r);
+    if (r[2] & (1u << 31)) {                            /* hypervisor present */
+        cpuid0(0x40000000, r);
+        if (r[0] >= 0x40000010 && r[0] < 0x50000000) {
+            cpuid0(0x40000010, r);
+            if (r[0]) { *src = "CPUID 0x40000010"; return r[0]; }
+        }
+    }
+    return 0;
+}
+
+static uint64_t rng_state;
+static uint64_t xorshift(void) {
+    uint64_t x = rng_state;
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    return rng_state = x;
+}
+
+/* Runs one phase for `cycles` TSC cycles; returns the number of requests, or -1. */
+static long bench_phase(uint32_t type, int sequential, uint64_t cycles) {
+    uint32_t len = sequential ? SEQ_BYTES : 4096;
+    uint64_t nsect = len / SECTOR, slots = capacity / nsect, next = 0;
+    long n = 0;
+    uint64_t t0 = rdtsc();
+    while (rdtsc() - t0 < cycles) {
+        uint64_t s = (sequential ? next++ % slots : xorshift() % slots) * nsect;
+        if (type == VIRTIO_BLK_T_OUT) fill_pattern(s, (unsigned)nsect);   /* keeps check-pattern valid */
+        if (blk_ok(type, s, data, len)) return -1;
+        n++;
+    }
+    return n;
+}
+
+static int bench(int ro) {
+    const char *src = "tsc-khz=";
+    uint64_t khz = cmdline_u64("tsc-khz", 0);
+    if (!khz) khz = tsc_khz(&src);
+    uint64_t ms = cmdline_u64("ms", 2000);
+    if (ms == 0) ms = 1;
+    uint64_t cycles = khz ? khz * ms : cmdline_u64("bench-cycles", 4000000000ull);
+    if (cycles < 1000) cycles = 1000;
+    if (capacity < SEQ_BYTES / SECTOR) { rt_puts("blk: disk too small for bench (< 64 KiB)\n"); return 1; }
+    rng_state = 0x9E3779B97F4A7C15ull ^ seed;
+    if (khz) rt_printf("blk-bench: TSC %lu kHz (%s), %lu ms per phase, one request in flight\n", khz, src, ms);
+    else rt_printf("blk-bench: TSC frequency unknown, %lu cycles per phase, one request in flight\n", cycles);
+
+    long rr = bench_phase(VIRTIO_BLK_T_IN, 0, cycles);
+    if (rr < 0) return 1;
+    long rw = 0;
+    if (!ro && (rw = bench_phase(VIRTIO_BLK_T_OUT, 0, cycles)) < 0) return 1;
+    long sr = bench_phase(VIRTIO_BLK_T_IN, 1, cycles);
+    if (sr < 0) return 1;
+
+    if (khz) {
+        /* ops / (cycles / (khz*1000)) = ops * khz * 1000 / cycles; MB = 10^6 bytes. */
+        uint64_t secs_x1000 = cycles / khz;                       /* phase length in ms */
+        uint64_t iops_r = (uint64_t)rr * 1000 / secs_x1000, iops_w = (uint64_t)rw * 1000 / secs_x1000;
+        uint64_t mbs = (uint64_t)sr * SEQ_BYTES / 1000 / secs_x1000;
+        if (ro) rt_printf("blk-bench: randread iops=%lu randwrite iops=- seqread MB/s=%lu\n", iops_r, mbs);
+        else rt_printf("blk-bench: randread iops=%lu randwrite iops=%lu seqread MB/s=%lu\n", iops_r, iops_w, mbs);
+    } else {
+        rt_printf("blk-bench: randread cycles/op=%lu randwrite cycles/op=%lu seqread bytes/kcycle=%lu\n",
+                  rr ? cycles / (uint64_t)rr : 0, rw ? cycles / (uint64_t)rw : 0,
+                  (uint64_t)sr * SEQ_BYTES / (cycles / 1000));
+    }
+    return 0;
+}
+
+int main(void) {
+    char mode[32];
+    cmdline_str("mode", "test", mode, sizeof mode);
+    int m_test = strcmp(mode, "test") == 0, m_check = strcmp(mode, "check-pattern") == 0;
+    int m_ro = strcmp(mode, "read-only") == 0, m_bench = strcmp(mode, "bench") == 0;
+    if (!m_test && !m_check && !m_ro && !m_bench) {
+        rt_printf("blk: unknown mode %s\n", mode);
+        return 4;
+    }
+    seed = cmdline_u64("seed", 1);
+    timeout = cmdline_u64("timeout", 2000000000ull);
+
+    struct vmmio_probe_stats st;
+    if (vmmio_find(VIRTIO_ID_BLOCK, 0, &dev, &st) != 0) {
+        if (st.legacy_base)
+            rt_printf("blk: note: legacy (Version 1) virtio-blk at 0x%lx not supported\n", st.legacy_base);
+        rt_puts("blk: no virtio-blk device\n");
+        return 3;
+    }
+    /* VERSION_1 (always) and FLUSH when offered. RO is only read, not negotiated. */
+    if (vmmio_init(&dev, VIRTIO_BLK_F_FLUSH) || vmmio_queue_setup(&dev, &q, 0, ring_mem) ||
+        vmmio_driver_ok(&dev)) {
+        rt_printf("blk: %s (device at 0x%lx, status 0x%x)\n", dev.error, dev.base, vmmio_status(&dev));
+        return 1;
+    }
+    capacity = read_capacity();
+    int ro = (dev.device_features & VIRTIO_BLK_F_RO) != 0;
+    int flush = (dev.driver_features & VIRTIO_BLK_F_FLUSH) != 0;
+    rt_printf("blk: device at 0x%lx: %lu sectors, features 0x%lx%s%s, queue size %u\n", dev.base, capacity,
+              dev.device_features, ro ? " (read-only)" : "", flush ? " (flush)" : "", q.num);
+    int rc = 1;
+
+    if (m_ro) {
+        if (!ro) { rt_puts("blk: mode read-only but the device does not offer VIRTIO_BLK_F_RO\n"); goto fail; }
+        if (capacity < 1) { rt_puts("blk: empty disk\n"); goto fail; }
+        /* Read sector 0, then try to write the same bytes back (harmless if it succeeded). */
+        if (blk_ok(VIRTIO_BLK_T_IN, 0, data, SECTOR)) goto fail;
+        int s = blk_request(VIRTIO_BLK_T_OUT, 0, data, SECTOR);
+        if (s < 0) goto fail;
+        if (s != VIRTIO_BLK_S_IOERR) {
+            rt_printf("blk: write to a read-only disk returned status %d, expected IOERR (1)\n", s);
+            goto fail;
+        }
+        rt_puts("blk: read-only disk refused the write\n");
+        rc = 0;
+    } else if (m_bench) {
+        rc = bench(ro);
+        if (rc) goto fail;
+    } else {
+        if (capacity < REQ4K_SECTORS) { rt_printf("blk: disk too small (%lu sectors, need 8)\n", capacity); goto fail; }
+        if (m_test && ro) { rt_puts("blk: disk is read-only (VIRTIO_BLK_F_RO); use mode=read-only\n"); goto fail; }
+        int n = write_and_verify(m_test);
+        if (n < 0) goto fail;
+        if (m_check) {
+            rt_printf("blk: pattern verified on %d sectors\n", n);
+        } else {
+            if (flush && blk_ok(VIRTIO_BLK_T_FLUSH, 0, 0, 0)) goto fail;
+            char id[VIRTIO_BLK_ID_BYTES + 1];
+            int s = get_id(id);
+            if (s < 0) goto fail;
+            if (s != VIRTIO_BLK_S_OK) rt_printf("blk: note: GET_ID returned status %d\n", s);
+            rt_printf("blk: wrote and verified %d sectors on a %lu MiB disk (serial \"%s\")\n", n,
+                      capacity / 2048, id);
+        }
+        rc = 0;
+    }
+    uint32_t s = vmmio_status(&dev);
+    if (s & (VIRTIO_STATUS_DEVICE_NEEDS_RESET | VIRTIO_STATUS_FAILED)) {
+        rt_printf("blk: device status 0x%x after the requests\n", s);
+        return 1;
+    }
+    vmmio_reset(&dev);
+    return rc;
+fail:
+    vmmio_fail(&dev);
+    return 1;
+}
