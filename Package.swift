@@ -25,8 +25,8 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         // The virtio-mmio (version 2) transport: one VirtioDevice behind a register window on the MMIO bus.
         .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "GuestMemory"]),
-        // VirtIO device models, transport-independent: entropy (virtio-rng), block (virtio-blk).
-        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory", "Qcow2"]),
+        // VirtIO device models, transport-independent: block (virtio-blk), console (virtio-console), entropy (virtio-rng).
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory", "Qcow2", "Devices"]),
         .testTarget(name: "VirtioDevicesTests", dependencies: ["VirtioDevices", "Virtio", "GuestMemory", "Qcow2"]),
         .testTarget(
             name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "VirtioDevices", "Virtio", "Devices", "GuestMemory"]

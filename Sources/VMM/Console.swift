@@ -60,21 +60,23 @@ public final class CapturedOutput: ConsoleOutput {
     }
 }
 
-/// Forwards host stdin to the guest's UART, in raw mode when stdin is a terminal.
+/// Forwards host stdin to the guest's console (the UART, or virtio-console when the guest has one), in raw mode
+/// when stdin is a terminal.
 /// Ctrl-A x ends the VM; Ctrl-A Ctrl-A sends one Ctrl-A.
 final class ConsoleInput: @unchecked Sendable {
     /// The escape key (Ctrl-A) and the key that quits after it.
     static let escapeKey: UInt8 = 0x01
     static let quitKey: UInt8 = UInt8(ascii: "x")
 
-    private let serial: Serial16550
+    private let deliver: @Sendable ([UInt8]) -> Void
     private let quit: @Sendable () -> Void
     private let wake = WakeEvent()
     private var savedTerminal: termios?
     private var thread: pthread_t?
 
-    init(serial: Serial16550, quit: @escaping @Sendable () -> Void) {
-        self.serial = serial
+    /// - Parameter deliver: hands typed bytes to the guest's console device.
+    init(deliver: @escaping @Sendable ([UInt8]) -> Void, quit: @escaping @Sendable () -> Void) {
+        self.deliver = deliver
         self.quit = quit
     }
 
@@ -136,7 +138,7 @@ final class ConsoleInput: @unchecked Sendable {
                     pending.append(byte)
                 }
             }
-            serial.receive(pending)
+            deliver(pending)
         }
     }
 }

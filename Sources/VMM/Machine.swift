@@ -55,6 +55,8 @@ public final class Machine: Sendable {
     let ioThread: IOThread
     /// The disks' backends, flushed when the VM stops.
     let backends: [any BlockBackend]
+    /// The virtio-console's transport, when the guest has one; it takes host input instead of the UART.
+    let consoleTransport: VirtioMMIOTransport?
 
     /// Builds the VM. `console` overrides where guest console output goes (by default, `config.console`).
     public init(config: VMConfig, console: (any ConsoleOutput)? = nil, logger: Logger = Logger(label: "tern")) throws(MachineError) {
@@ -115,6 +117,17 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
 
+        let output: any ConsoleOutput
+        if let console {
+            output = console
+        } else {
+            switch config.console {
+            case .stdio: output = FileDescriptorOutput(descriptor: STDOUT_FILENO, owned: false)
+            case .none: output = DiscardOutput()
+            case .file(let path):
+                do { output = try FileDescriptorOutput(appendingTo: path) } catch { throw MachineError(error.description) }
+            }
+        }
         // VirtIO devices on virtio-mmio, one 512-byte window and one level-triggered IOAPIC input each. Queue
         // notifications go through ioeventfds to the I/O thread; should KVM refuse one, the MMIO exit still works.
         ioThread = try IOThread()
@@ -138,7 +151,9 @@ public final class Machine: Sendable {
                 Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial)
             }))
         }
+        if config.virtioConsole { devices.append(("virtio-console", { Console(memory: memory, output: output) })) }
         if config.rng { devices.append(("virtio-rng", { Entropy(memory: memory) })) }
+        var consoleTransport: VirtioMMIOTransport?
         self.backends = backends
         for (name, make) in devices {
             let slot = VirtioMMIODevice(base: Self.virtioMMIOBase + UInt32(virtioSlots.count) * Self.virtioMMIOStride,
@@ -164,8 +179,10 @@ public final class Machine: Sendable {
                     logger.info("\(name) queue notifications stay on vCPU threads: \(error)")
                 }
             }
+            if name == "virtio-console" { consoleTransport = transport }
             virtioSlots.append(slot)
         }
+        self.consoleTransport = consoleTransport
         mmioBus = mmio
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
         // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.
@@ -191,17 +208,6 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
 
-        let output: any ConsoleOutput
-        if let console {
-            output = console
-        } else {
-            switch config.console {
-            case .stdio: output = FileDescriptorOutput(descriptor: STDOUT_FILENO, owned: false)
-            case .none: output = DiscardOutput()
-            case .file(let path):
-                do { output = try FileDescriptorOutput(appendingTo: path) } catch { throw MachineError(error.description) }
-            }
-        }
         serial = Serial16550(output: output, interrupt: KVMInterruptLine(vm: vm, gsi: Serial16550.com1IRQ))
 
         var ports = Bus()
@@ -217,6 +223,21 @@ public final class Machine: Sendable {
             throw MachineError("device layout: \(error)")
         }
         portBus = ports
+    }
+
+    /// Hands bytes typed on the host to the guest's console: the virtio-console when there is one, else COM1.
+    /// Returns how many leading bytes the guest had room for; the rest are dropped.
+    @discardableResult
+    public func typeIntoConsole(_ bytes: [UInt8]) -> Int {
+        guard let consoleTransport else {
+            return serial.receive(bytes)
+        }
+        return consoleTransport.withDevice { device in
+            guard var console = device as? Console else { return 0 }
+            let accepted = console.receive(bytes)
+            device = console
+            return accepted
+        }
     }
 
     /// Ends the VM with `outcome`, unless it has already ended. Safe from any thread.

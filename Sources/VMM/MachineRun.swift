@@ -51,7 +51,8 @@ extension Machine {
         var input: ConsoleInput?
         if forwardInput, case .stdio = config.console {
             let control = control
-            input = ConsoleInput(serial: serial, quit: { control.stop(.stoppedByHost(reason: "console escape (Ctrl-A x)")) })
+            input = ConsoleInput(deliver: { [self] bytes in typeIntoConsole(bytes) },
+                                 quit: { control.stop(.stoppedByHost(reason: "console escape (Ctrl-A x)")) })
             input?.start()
         }
 

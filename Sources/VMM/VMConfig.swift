@@ -28,6 +28,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var rng: Bool
     /// Disks, each a virtio-blk device (virtio-mmio).
     public var disks: [DiskSetting]
+    /// Give the guest a virtio-console (hvc0) on the console target, which then also takes the host's input.
+    public var virtioConsole: Bool
 
     /// The command line a kernel gets when none is given: the console on COM1, and a panic or reboot that ends
     /// the VM at once (through a triple fault, which Tern reports) instead of hanging or looking like success.
@@ -51,7 +53,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public init(kernel: String, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
-                kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = []) {
+                kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = [],
+                virtioConsole: Bool = false) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -66,11 +69,13 @@ public struct VMConfig: Equatable, Sendable, Codable {
         self.kernelDecompression = kernelDecompression
         self.rng = rng
         self.disks = disks
+        self.virtioConsole = virtioConsole
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
+        case virtioConsole = "virtio_console"
     }
 
     struct AnyKey: CodingKey {
@@ -100,7 +105,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
             hugePages: try container.decodeIfPresent(Bool.self, forKey: .hugePages) ?? false,
             kernelDecompression: try container.decodeIfPresent(KernelDecompression.self, forKey: .kernelDecompression) ?? .host,
             rng: try container.decodeIfPresent(Bool.self, forKey: .rng) ?? false,
-            disks: try container.decodeIfPresent([DiskSetting].self, forKey: .disks) ?? [])
+            disks: try container.decodeIfPresent([DiskSetting].self, forKey: .disks) ?? [],
+            virtioConsole: try container.decodeIfPresent(Bool.self, forKey: .virtioConsole) ?? false)
     }
 
     /// Decodes a JSON document; errors name the setting at fault.

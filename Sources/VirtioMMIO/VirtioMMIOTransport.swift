@@ -317,6 +317,13 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
     /// Number of queues the device has.
     public var queueCount: Int { state.withLock { $0.queues.count } }
 
+    /// Runs `body` on the device under the transport's lock, for work the VMM starts itself, such as feeding
+    /// host input to a console. The device may signal interrupts from `body`; `body` must not call back into
+    /// the transport.
+    public func withDevice<R>(_ body: (inout any VirtioDevice) -> sending R) -> sending R {
+        state.withLock { body(&$0.device) }
+    }
+
     /// Handles a notification for `queue` that arrived outside the register path (an eventfd on an I/O thread).
     public func notify(queue: Int) {
         state.withLock { state in notify(queue: UInt32(truncatingIfNeeded: queue), &state) }

@@ -51,6 +51,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("A disk for the guest as virtio-blk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]. Repeatable.", valueName: "spec"))
     var disk: [String] = []
 
+    @Flag(name: .customLong("virtio-console"), help: "Give the guest a virtio-console (hvc0) on the console target; host input then goes to it instead of COM1.")
+    var virtioConsole = false
+
     @Flag(help: "Give the guest a virtio-rng device (virtio-mmio) fed from the host's getrandom.")
     var rng = false
 
@@ -100,6 +103,7 @@ struct Run: ParsableCommand {
         }
         if mergeable { settings.mergeable = true }
         if rng { settings.rng = true }
+        if virtioConsole { settings.virtioConsole = true }
         for spec in disk { settings.disks.append(try DiskSetting(parsing: spec)) }
         if hugePages { settings.hugePages = true }
         return settings

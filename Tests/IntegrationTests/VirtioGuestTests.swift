@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Testing
 import VMM
@@ -93,5 +94,31 @@ import VMM
         } catch {
             #expect(String(describing: error).hasPrefix("disk /nonexistent/disk.img: "))
         }
+    }
+}
+
+/// The `console` test guest talks over virtio-console (hvc0): output reaches the console target, and host input
+/// typed into the machine reaches the guest's receive queue.
+@Suite(.serialized) struct VirtioConsoleGuestTests {
+    @Test func guestOutputReachesTheConsole() throws {
+        let run = try boot(VMConfig(kernel: Repository.guest("console"), virtioConsole: true))
+        #expect(run.outcome == .guestExit(0), "output: \(run.output)")
+        #expect(run.output.contains("console: hello over virtio-console"))
+    }
+
+    @Test func hostInputReachesTheGuest() throws {
+        let console = CapturedOutput()
+        let machine = try Machine(config: VMConfig(kernel: Repository.guest("console"), cmdline: "expect-input=1",
+                                                   virtioConsole: true), console: console)
+        // A real thread, not a task: the VM blocks this test's thread, and other tests may hold the rest of the pool.
+        let typist = Thread {
+            for _ in 0..<500 where !console.text.contains("console: sent") { usleep(10_000) }
+            // The guest posts its receive buffers right after it reports the send: type until it has room.
+            for _ in 0..<500 where machine.typeIntoConsole(Array("ping from the host\n".utf8)) == 0 { usleep(10_000) }
+        }
+        typist.start()
+        let outcome = machine.run()
+        #expect(outcome == .guestExit(0), "output: \(console.text)")
+        #expect(console.text.contains("console: got ping from the host"))
     }
 }
