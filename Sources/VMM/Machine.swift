@@ -140,8 +140,7 @@ public final class Machine: Sendable {
         for (index, disk) in config.disks.enumerated() {
             let backend: any BlockBackend
             do {
-                backend = try openImage(path: disk.path, format: disk.format.map { ImageFormat(rawValue: $0.rawValue)! },
-                                        writable: !disk.readOnly)
+                backend = try openImage(path: disk.path, format: disk.format.map(\.imageFormat), writable: !disk.readOnly)
             } catch {
                 throw MachineError("disk \(disk.path): \(error)")
             }
@@ -255,5 +254,15 @@ public final class Machine: Sendable {
         var cpus = [Int32](repeating: 0, count: 4096)
         let count = ckvm_get_affinity(0, &cpus, Int32(cpus.count))
         return count > 0 ? Array(cpus[0..<Int(count)]) : []
+    }
+}
+
+extension DiskSetting.Format {
+    /// The qcow2 engine's name for this format.
+    var imageFormat: ImageFormat {
+        switch self {
+        case .raw: .raw
+        case .qcow2: .qcow2
+        }
     }
 }
