@@ -28,7 +28,7 @@ public struct SetupHeader: Equatable, Sendable {
 
     /// Whether `bytes` starts like a bzImage (the "HdrS" signature in place).
     public static func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        bytes.count >= 0x206 && bytes.le32(0x202) == magic
+        bytes.count >= 0x208 && bytes.le32(0x202) == magic  // the signature and the version after it
     }
 
     /// Parses and checks the header of a whole bzImage file.

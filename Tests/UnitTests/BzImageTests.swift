@@ -70,6 +70,14 @@ struct BzImageBuilder {
         #expect(throws: ImageFormatError.bzImageTruncated) { try header(Array(BzImageBuilder().build().prefix(1100))) }
     }
 
+    @Test func signatureWithoutRoomForTheVersionIsNotABzImage() {
+        // Found by fuzz/run-kernel-image.sh: a file ending between the "HdrS" signature and the version field.
+        let bytes = Array(BzImageBuilder().build().prefix(0x207))
+        #expect(!bytes.withUnsafeBytes { SetupHeader.matches($0) })
+        #expect(throws: ImageFormatError.badMagic) { try header(bytes) }
+        #expect(bytes.withUnsafeBytes { SetupHeader.kernelRelease($0) } == nil)
+    }
+
     @Test func bootsTheBzImageThroughTheZeroPage() throws {
         let memory = try GuestMemory(size: 64 << 20)
         let kernel = temporaryFile(BzImageBuilder().build(), name: "bzimage")
