@@ -19,4 +19,4 @@ for kernel in /boot/vmlinuz-*; do
 done
 cd "$OUT"
 ASAN_OPTIONS=detect_leaks=0 ./kernel-image-fuzz -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
-    -print_final_stats=1 kernel-image-corpus
+    -print_final_stats=1 ${FUZZ_ARGS:-} kernel-image-corpus

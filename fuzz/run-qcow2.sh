@@ -29,4 +29,4 @@ fi
 # Keep going after the first bug report? No: stop, keep the crash file in fuzz/build.
 cd "$OUT"
 ASAN_OPTIONS=detect_leaks=0 ./qcow2-fuzz -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
-    -print_final_stats=1 corpus
+    -print_final_stats=1 ${FUZZ_ARGS:-} corpus

@@ -39,4 +39,4 @@ open(sys.argv[1] + '/seed-three-chains', 'wb').write(bytes(ram))
 PY
 cd "$OUT"
 ASAN_OPTIONS=detect_leaks=0 ./virtqueue-fuzz -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
-    -print_final_stats=1 virtqueue-corpus
+    -print_final_stats=1 ${FUZZ_ARGS:-} virtqueue-corpus
