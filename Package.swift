@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "VMM",
             dependencies: [
-                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "VirtioMMIO", "VirtioDevices", "Qcow2",
+                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "Virtio", "VirtioMMIO", "VirtioDevices", "Qcow2",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

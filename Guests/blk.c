@@ -13,7 +13,7 @@
  *     ((seed & 0xffff) << 48) | (s << 6) | i
  * (little-endian; s < 2^42), so it depends only on the seed and the position. */
 #include "rt.h"
-#include "virtio_mmio.h"
+#include "virtio.h"
 
 /* ---- virtio-blk (5.2) ---- */
 #define VIRTIO_BLK_F_RO        (1ull << 5)
@@ -30,7 +30,7 @@
 
 #define VIRTIO_BLK_ID_BYTES    20
 #define SECTOR                 512u
-#define CFG_CAPACITY           0x100     /* le64, in 512-byte sectors */
+#define CFG_CAPACITY           0x00      /* le64, in 512-byte sectors */
 
 struct blk_req_hdr {                     /* 5.2.6: le32 type, le32 reserved, le64 sector */
     uint32_t type;
@@ -45,12 +45,12 @@ struct blk_req_hdr {                     /* 5.2.6: le32 type, le32 reserved, le6
 #define SEQ_BYTES      65536u    /* bench: sequential read size */
 #define STATUS_UNSET   0xff      /* status byte before the device writes it */
 
-static uint8_t ring_mem[VMMIO_QUEUE_MEM_SIZE] __attribute__((aligned(4096)));
+static uint8_t ring_mem[VIRTQ_MEM_SIZE] __attribute__((aligned(4096)));
 static uint8_t data[SEQ_BYTES] __attribute__((aligned(4096)));
 static struct blk_req_hdr hdr __attribute__((aligned(16)));
 static volatile uint8_t status_byte;
 
-static struct vmmio_dev dev;
+static struct vdev dev;
 static struct virtq q;
 static uint64_t timeout;
 static uint64_t capacity;                /* sectors */
@@ -82,18 +82,6 @@ static int check_pattern(uint64_t sector, unsigned nsect) {
     return 0;
 }
 
-/* Reads the 64-bit capacity under the ConfigGeneration protocol (4.2.2, 2.5.1). */
-static uint64_t read_capacity(void) {
-    uint64_t v = 0;
-    for (int tries = 0; tries < 100; tries++) {
-        uint32_t g = vmmio_read(&dev, VMMIO_CONFIG_GENERATION);
-        uint64_t lo = vmmio_read(&dev, CFG_CAPACITY);
-        uint64_t hi = vmmio_read(&dev, CFG_CAPACITY + 4);
-        v = (hi << 32) | lo;
-        if (vmmio_read(&dev, VMMIO_CONFIG_GENERATION) == g) break;
-    }
-    return v;
-}
 
 /* One request, waited for. Returns the status byte the device wrote (0 = OK), or -1 on a
  * transport problem (timeout, wrong used id, status not written), after printing why. */
@@ -116,12 +104,12 @@ static int blk_request(uint32_t type, uint64_t sector, void *buf, uint32_t len) 
     q.desc[2].len = 1;
     q.desc[2].flags = VIRTQ_DESC_F_WRITE;
     q.desc[2].next = 0;
-    vmmio_submit(&dev, &q, 0);
+    vdev_submit(&dev, &q, 0);
 
     uint32_t id, ulen;
-    if (!vmmio_poll_used(&dev, &q, timeout, &id, &ulen)) {
+    if (!vdev_poll_used(&dev, &q, timeout, &id, &ulen)) {
         rt_printf("blk: request type %u sector %lu timed out after %lu cycles (used.idx %u, status 0x%x)\n",
-                  type, sector, timeout, q.used->idx, vmmio_status(&dev));
+                  type, sector, timeout, q.used->idx, vdev_status(&dev));
         return -1;
     }
     if (id != 0) {
@@ -301,23 +289,25 @@ int main(void) {
     seed = cmdline_u64("seed", 1);
     timeout = cmdline_u64("timeout", 2000000000ull);
 
-    struct vmmio_probe_stats st;
-    if (vmmio_find(VIRTIO_ID_BLOCK, 0, &dev, &st) != 0) {
-        if (st.legacy_base)
-            rt_printf("blk: note: legacy (Version 1) virtio-blk at 0x%lx not supported\n", st.legacy_base);
+    struct vdev_probe_stats st;
+    if (vdev_find(VIRTIO_ID_BLOCK, 0, &dev, &st) != 0) {
+        if (st.legacy)
+            rt_printf("blk: note: legacy virtio-blk (%s) not supported\n", st.legacy_name);
+        if (st.unusable)
+            rt_printf("blk: note: unusable virtio-blk: %s\n", st.unusable_reason);
         rt_puts("blk: no virtio-blk device\n");
         return 3;
     }
     /* VERSION_1 (always) and FLUSH when offered. RO is only read, not negotiated. */
-    if (vmmio_init(&dev, VIRTIO_BLK_F_FLUSH) || vmmio_queue_setup(&dev, &q, 0, ring_mem) ||
-        vmmio_driver_ok(&dev)) {
-        rt_printf("blk: %s (device at 0x%lx, status 0x%x)\n", dev.error, dev.base, vmmio_status(&dev));
+    if (vdev_init(&dev, VIRTIO_BLK_F_FLUSH) || vdev_queue_setup(&dev, &q, 0, ring_mem) ||
+        vdev_driver_ok(&dev)) {
+        rt_printf("blk: %s (%s, status 0x%x)\n", dev.error, dev.name, vdev_status(&dev));
         return 1;
     }
-    capacity = read_capacity();
+    capacity = vdev_config_read64(&dev, CFG_CAPACITY);
     int ro = (dev.device_features & VIRTIO_BLK_F_RO) != 0;
     int flush = (dev.driver_features & VIRTIO_BLK_F_FLUSH) != 0;
-    rt_printf("blk: device at 0x%lx: %lu sectors, features 0x%lx%s%s, queue size %u\n", dev.base, capacity,
+    rt_printf("blk: %s: %lu sectors, features 0x%lx%s%s, queue size %u\n", dev.name, capacity,
               dev.device_features, ro ? " (read-only)" : "", flush ? " (flush)" : "", q.num);
     int rc = 1;
 
@@ -355,14 +345,14 @@ int main(void) {
         }
         rc = 0;
     }
-    uint32_t s = vmmio_status(&dev);
+    uint32_t s = vdev_status(&dev);
     if (s & (VIRTIO_STATUS_DEVICE_NEEDS_RESET | VIRTIO_STATUS_FAILED)) {
         rt_printf("blk: device status 0x%x after the requests\n", s);
         return 1;
     }
-    vmmio_reset(&dev);
+    vdev_reset(&dev);
     return rc;
 fail:
-    vmmio_fail(&dev);
+    vdev_fail(&dev);
     return 1;
 }

@@ -14,7 +14,7 @@
  *                   anything (`console: received N bytes without expect-input`); not an error.
  * Exit 0: ok. Exit 1: failure (one line `console: <reason>`). Exit 3: no device. */
 #include "rt.h"
-#include "virtio_mmio.h"
+#include "virtio.h"
 
 /* ---- virtio-console (5.3) ---- */
 #define VIRTIO_CONSOLE_F_SIZE        (1ull << 0)
@@ -28,8 +28,8 @@
 #define RX_BYTES    64
 #define LINE_MAX    256
 
-static uint8_t rx_ring[VMMIO_QUEUE_MEM_SIZE] __attribute__((aligned(4096)));
-static uint8_t tx_ring[VMMIO_QUEUE_MEM_SIZE] __attribute__((aligned(4096)));
+static uint8_t rx_ring[VIRTQ_MEM_SIZE] __attribute__((aligned(4096)));
+static uint8_t tx_ring[VIRTQ_MEM_SIZE] __attribute__((aligned(4096)));
 static uint8_t rx_bufs[RX_BUFS][RX_BYTES] __attribute__((aligned(64)));
 static char line[LINE_MAX];
 
@@ -37,7 +37,7 @@ static const char hello1[] = "console: hello over ";
 static const char hello2[] = "virtio-console\n";
 static const char got_prefix[] = "console: got ";
 
-static struct vmmio_dev dev;
+static struct vdev dev;
 static struct virtq rxq, txq;
 static uint64_t timeout;
 
@@ -52,9 +52,9 @@ static int transmit2(const void *a, uint32_t alen, const void *b, uint32_t blen)
     txq.desc[1].len = blen;
     txq.desc[1].flags = 0;
     txq.desc[1].next = 0;
-    vmmio_submit(&dev, &txq, 0);
+    vdev_submit(&dev, &txq, 0);
     uint32_t id = 0, len = 0;
-    if (!vmmio_poll_used(&dev, &txq, timeout, &id, &len)) {
+    if (!vdev_poll_used(&dev, &txq, timeout, &id, &len)) {
         rt_printf("console: transmit of %u bytes not used within %lu cycles (used.idx %u)\n", alen + blen,
                   timeout, txq.used->idx);
         return -1;
@@ -73,7 +73,7 @@ static void post_rx(uint16_t i) {
     rxq.desc[i].len = RX_BYTES;
     rxq.desc[i].flags = VIRTQ_DESC_F_WRITE;
     rxq.desc[i].next = 0;
-    vmmio_submit(&dev, &rxq, i);
+    vdev_submit(&dev, &rxq, i);
 }
 
 /* Polls the receiveq for `cycles`. Appends received bytes to line[]; with stop_at_nl, returns
@@ -87,7 +87,7 @@ static int receive(uint64_t cycles, int stop_at_nl, int *got_nl) {
         uint64_t el = rdtsc() - t0;
         if (el >= cycles) return (int)n;
         uint32_t id = 0, len = 0;
-        if (!vmmio_poll_used(&dev, &rxq, cycles - el, &id, &len)) return (int)n;
+        if (!vdev_poll_used(&dev, &rxq, cycles - el, &id, &len)) return (int)n;
         if (id >= RX_BUFS) {
             rt_printf("console: receiveq used id %u, expected 0..%u\n", id, RX_BUFS - 1);
             return -1;
@@ -115,20 +115,22 @@ int main(void) {
     uint64_t idle = cmdline_u64("idle", 100000000ull);
     int expect_input = cmdline_u64("expect-input", 0) != 0;
 
-    struct vmmio_probe_stats st;
-    if (vmmio_find(VIRTIO_ID_CONSOLE, 0, &dev, &st) != 0) {
-        if (st.legacy_base)
-            rt_printf("console: note: legacy (Version 1) virtio-console at 0x%lx not supported\n", st.legacy_base);
+    struct vdev_probe_stats st;
+    if (vdev_find(VIRTIO_ID_CONSOLE, 0, &dev, &st) != 0) {
+        if (st.legacy)
+            rt_printf("console: note: legacy virtio-console (%s) not supported\n", st.legacy_name);
+        if (st.unusable)
+            rt_printf("console: note: unusable virtio-console: %s\n", st.unusable_reason);
         rt_puts("console: no virtio-console device\n");
         return 3;
     }
     /* VERSION_1 only: without MULTIPORT, port 0 uses queues 0/1 and there is no control queue. */
-    if (vmmio_init(&dev, 0) || vmmio_queue_setup(&dev, &rxq, RECEIVEQ, rx_ring) ||
-        vmmio_queue_setup(&dev, &txq, TRANSMITQ, tx_ring) || vmmio_driver_ok(&dev)) {
-        rt_printf("console: %s (device at 0x%lx, status 0x%x)\n", dev.error, dev.base, vmmio_status(&dev));
+    if (vdev_init(&dev, 0) || vdev_queue_setup(&dev, &rxq, RECEIVEQ, rx_ring) ||
+        vdev_queue_setup(&dev, &txq, TRANSMITQ, tx_ring) || vdev_driver_ok(&dev)) {
+        rt_printf("console: %s (%s, status 0x%x)\n", dev.error, dev.name, vdev_status(&dev));
         return 1;
     }
-    rt_printf("console: device at 0x%lx: features 0x%lx%s, accepted 0x%lx, queue sizes %u/%u\n", dev.base,
+    rt_printf("console: %s: features 0x%lx%s, accepted 0x%lx, queue sizes %u/%u\n", dev.name,
               dev.device_features, (dev.device_features & VIRTIO_CONSOLE_F_MULTIPORT) ? " (multiport offered)" : "",
               dev.driver_features, rxq.num, txq.num);
 
@@ -152,14 +154,14 @@ int main(void) {
         if (n > 0) rt_printf("console: received %d bytes without expect-input\n", n);
     }
 
-    uint32_t s = vmmio_status(&dev);
+    uint32_t s = vdev_status(&dev);
     if (s & (VIRTIO_STATUS_DEVICE_NEEDS_RESET | VIRTIO_STATUS_FAILED)) {
         rt_printf("console: device status 0x%x at the end\n", s);
         return 1;
     }
-    vmmio_reset(&dev);
+    vdev_reset(&dev);
     return 0;
 fail:
-    vmmio_fail(&dev);
+    vdev_fail(&dev);
     return 1;
 }

@@ -18,7 +18,7 @@ trap 'rm -f "$out"' EXIT
 run() {
     name=$1 tmo=$2 want=$3 text=$4 append=$5
     shift 5
-    timeout "$tmo" $QEMU -M microvm -enable-kvm $CPU_ARGS -m 256M -nographic -no-reboot \
+    timeout "$tmo" $QEMU -M "${MACHINE:-microvm}" ${MACHINE_ARGS:-} -enable-kvm $CPU_ARGS -m 256M -nographic -no-reboot \
         -device isa-debug-exit,iobase=0x501,iosize=1 -kernel "$BUILD/$name.elf" \
         -append "$append" "$@" >"$out" 2>&1 </dev/null
     rc=$?
@@ -47,10 +47,10 @@ run crash    10 253 "guest: exception 6 (error 0x0) at RIP 0x[0-9a-f]* on cpu 0"
 # append virtio_mmio.device= to a PVH kernel's cmdline, so we pass the entry ourselves.
 RNG_DEV="-global virtio-mmio.force-legacy=false -device virtio-rng-device"
 RNG_CL="virtio_mmio.device=512@0xfeb02e00:39"
-run rng      10 1   "^rng: got 256 random bytes from virtio-rng (device at 0xfeb02e00)" "$RNG_CL" $RNG_DEV
+run rng      10 1   "^rng: got 256 random bytes from virtio-rng (virtio-mmio at 0xfeb02e00)" "$RNG_CL" $RNG_DEV
 run rng      10 7   "^rng: no virtio-rng device" ""
 run rng      10 7   "^rng: no virtio-rng device" "$RNG_CL"
-run rng      10 7   "legacy (Version 1) virtio-rng at 0xfeb02e00" "$RNG_CL" -device virtio-rng-device
+run rng      10 7   "legacy virtio-rng (virtio-mmio at 0xfeb02e00)" "$RNG_CL" -device virtio-rng-device
 # Hostile modes: QEMU bounce-buffers (and discards) DMA outside RAM, so the bogus address
 # "succeeds" (status 0xf); a self-looping chain gives "Looped descriptor" and NEEDS_RESET.
 run rng      10 1   "^rng: device status 0x" "$RNG_CL mode=bad-desc-oob" $RNG_DEV
@@ -96,7 +96,16 @@ kill $vc_writer 2>/dev/null; wait $vc_reader 2>/dev/null
 check_vc "$VC_DIR/echo" "console: got ping from host"
 run console  10 3   "^console: no complete input line" "$RNG_CL expect-input=1 timeout=200000000" -chardev file,id=c0,path=$VC_DIR/out2 $VC_DEV
 run console  10 7   "^console: no virtio-console device" "$RNG_CL"
-run console  10 7   "legacy (Version 1) virtio-console at 0xfeb02e00" "$RNG_CL" -chardev file,id=c0,path=$VC_DIR/out3 -device virtio-serial-device -device virtconsole,chardev=c0
+run console  10 7   "legacy virtio-console (virtio-mmio at 0xfeb02e00)" "$RNG_CL" -chardev file,id=c0,path=$VC_DIR/out3 -device virtio-serial-device -device virtconsole,chardev=c0
+# The same guests over virtio-pci: a q35 machine, whose firmware (SeaBIOS) assigns the BARs before it
+# jumps to the PVH entry; modern-only devices (disable-legacy=on) have IDs 0x1040 + DeviceID.
+pci() { MACHINE=q35 MACHINE_ARGS="-nic none" run "$@"; }
+pci rng      20 1   "rng: got 256 random bytes from virtio-rng (virtio-pci at 00:0[0-9a-f].0)" "" -device virtio-rng-pci,disable-legacy=on
+pci rng      20 7   "legacy virtio-rng (virtio-pci at" "" -device virtio-rng-pci
+pci blk      20 1   "^blk: wrote and verified 521 sectors on a 64 MiB disk (serial \"tern0\")" "seed=3" -drive id=d0,file=$DISK,format=raw,if=none -device virtio-blk-pci,drive=d0,serial=tern0,disable-legacy=on
+pci blk      20 1   "^blk: pattern verified on 521 sectors" "mode=check-pattern seed=3" -drive id=d0,file=$DISK,format=raw,if=none -device virtio-blk-pci,drive=d0,serial=tern0,disable-legacy=on
+pci console  20 1   "^console: sent" "" -chardev file,id=c0,path=$VC_DIR/pci -device virtio-serial-pci,disable-legacy=on -device virtconsole,chardev=c0
+check_vc "$VC_DIR/pci" "console: hello over virtio-console"
 # Triple fault: KVM_EXIT_SHUTDOWN; with -no-reboot QEMU exits 0.
 run crash    10 0   "crash: mode triple" "mode=triple"
 # Emulation failures: QEMU prints "KVM internal error" and then stays paused (timeout: 124).

@@ -1,18 +1,34 @@
 import CKVM
 import Glibc
+import Virtio
 
-/// A thread that waits on eventfds (epoll) and runs each one's handler: device work happens here, not on vCPUs.
+/// A thread that waits on eventfds and host descriptors (epoll) and runs their handlers: device work happens
+/// here, not on vCPUs.
+///
+/// Two kinds of sources: queue-notification eventfds, each with its own handler, registered before `start`;
+/// and host descriptors that devices watch at any time through a `HostEventWatcher`, edge-triggered, whose
+/// readiness goes to the owning device's dispatcher. An epoll entry's data says which: the top bit marks a
+/// host descriptor, with the device's index above the device's 32-bit token; otherwise it is the eventfd.
 final class IOThread: @unchecked Sendable {
     private let poller: Int32
     private let wake = WakeEvent()
     /// Handlers by eventfd; filled before `start` and only read afterwards.
     private var handlers: [Int32: @Sendable () -> Void] = [:]
+    /// Host-event dispatchers by device index; filled before `start` and only read afterwards.
+    private var dispatchers: [@Sendable (UInt32, HostEventKind) -> Void] = []
     private var thread: pthread_t?
+
+    private static let hostEventFlag: UInt64 = 1 << 63
 
     init() throws(MachineError) {
         poller = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard poller >= 0 else { throw MachineError("epoll_create1: \(String(cString: strerror(errno)))") }
-        try watch(wake.descriptor)
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.u64 = UInt64(UInt32(bitPattern: wake.descriptor))
+        guard epoll_ctl(poller, EPOLL_CTL_ADD, wake.descriptor, &event) == 0 else {
+            throw MachineError("epoll_ctl: \(String(cString: strerror(errno)))")
+        }
     }
 
     deinit {
@@ -25,22 +41,25 @@ final class IOThread: @unchecked Sendable {
         let descriptor = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         guard descriptor >= 0 else { throw MachineError("eventfd: \(String(cString: strerror(errno)))") }
         handlers[descriptor] = handler
-        try watch(descriptor)
-        return descriptor
-    }
-
-    private func watch(_ descriptor: Int32) throws(MachineError) {
         var event = epoll_event()
         event.events = EPOLLIN.rawValue
-        event.data.fd = descriptor
+        event.data.u64 = UInt64(UInt32(bitPattern: descriptor))
         guard epoll_ctl(poller, EPOLL_CTL_ADD, descriptor, &event) == 0 else {
             throw MachineError("epoll_ctl: \(String(cString: strerror(errno)))")
         }
+        return descriptor
+    }
+
+    /// Registers a device whose host descriptors report to `dispatch` (token, readiness) on this thread, and
+    /// returns the watcher to give that device. Call before `start`; the watcher works from any thread.
+    func addDevice(_ dispatch: @escaping @Sendable (UInt32, HostEventKind) -> Void) -> any HostEventWatcher {
+        dispatchers.append(dispatch)
+        return DeviceWatcher(poller: poller, device: UInt64(dispatchers.count - 1))
     }
 
     /// Starts the thread, unless there is nothing to wait for.
     func start() {
-        guard !handlers.isEmpty else { return }
+        guard !handlers.isEmpty || !dispatchers.isEmpty else { return }
         thread = spawnThread { [self] in loop() }
     }
 
@@ -52,7 +71,7 @@ final class IOThread: @unchecked Sendable {
     }
 
     private func loop() {
-        var events = [epoll_event](repeating: epoll_event(), count: 16)
+        var events = [epoll_event](repeating: epoll_event(), count: 32)
         var counter: UInt64 = 0
         while true {
             let count = epoll_wait(poller, &events, Int32(events.count), -1)
@@ -61,11 +80,46 @@ final class IOThread: @unchecked Sendable {
                 return
             }
             for event in events[0..<Int(count)] {
-                let descriptor = event.data.fd
+                let data = event.data.u64
+                if data & Self.hostEventFlag != 0 {
+                    let device = Int((data & ~Self.hostEventFlag) >> 32)
+                    guard device < dispatchers.count else { continue }
+                    dispatchers[device](UInt32(truncatingIfNeeded: data), Self.kind(event.events))
+                    continue
+                }
+                let descriptor = Int32(bitPattern: UInt32(truncatingIfNeeded: data))
                 if descriptor == wake.descriptor { return }
                 _ = read(descriptor, &counter, 8)
                 handlers[descriptor]?()
             }
+        }
+    }
+
+    private static func kind(_ events: UInt32) -> HostEventKind {
+        var kind: HostEventKind = []
+        if events & EPOLLIN.rawValue != 0 { kind.insert(.readable) }
+        if events & EPOLLOUT.rawValue != 0 { kind.insert(.writable) }
+        if events & (EPOLLHUP.rawValue | EPOLLERR.rawValue | EPOLLRDHUP.rawValue) != 0 { kind.insert(.hangup) }
+        return kind
+    }
+
+    /// One device's view of the I/O thread: edge-triggered watches tagged with the device's index.
+    private struct DeviceWatcher: HostEventWatcher {
+        let poller: Int32
+        let device: UInt64
+
+        func watch(_ descriptor: Int32, token: UInt32) throws(HostEventError) {
+            var event = epoll_event()
+            event.events = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+            event.data.u64 = IOThread.hostEventFlag | device << 32 | UInt64(token)
+            guard epoll_ctl(poller, EPOLL_CTL_ADD, descriptor, &event) == 0 else {
+                throw HostEventError("cannot watch descriptor \(descriptor): \(String(cString: strerror(errno)))")
+            }
+        }
+
+        func unwatch(_ descriptor: Int32) {
+            var event = epoll_event()
+            _ = epoll_ctl(poller, EPOLL_CTL_DEL, descriptor, &event)
         }
     }
 }

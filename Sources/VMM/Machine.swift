@@ -56,7 +56,7 @@ public final class Machine: Sendable {
     /// The disks' backends, flushed when the VM stops.
     let backends: [any BlockBackend]
     /// The virtio-console's transport, when the guest has one; it takes host input instead of the UART.
-    let consoleTransport: VirtioMMIOTransport?
+    let consoleTransport: (any VirtioTransport)?
 
     /// Builds the VM. `console` overrides where guest console output goes (by default, `config.console`).
     public init(config: VMConfig, console: (any ConsoleOutput)? = nil, logger: Logger = Logger(label: "tern")) throws(MachineError) {
@@ -128,14 +128,10 @@ public final class Machine: Sendable {
                 do { output = try FileDescriptorOutput(appendingTo: path) } catch { throw MachineError(error.description) }
             }
         }
-        // VirtIO devices on virtio-mmio, one 512-byte window and one level-triggered IOAPIC input each. Queue
-        // notifications go through ioeventfds to the I/O thread; should KVM refuse one, the MMIO exit still works.
         ioThread = try IOThread()
         var mmio = Bus()
-        var virtioSlots: [VirtioMMIODevice] = []
-        // Each device is made where its transport takes it over, so that it is never shared.
         let memory = memory
-        var devices: [(name: String, make: () -> any VirtioDevice)] = []
+        var specs: [VirtioDeviceSpec] = []
         var backends: [any BlockBackend] = []
         for (index, disk) in config.disks.enumerated() {
             let backend: any BlockBackend
@@ -146,42 +142,19 @@ public final class Machine: Sendable {
             }
             backends.append(backend)
             let serial = disk.serial ?? "tern-disk\(index)"
-            devices.append(("virtio-blk \(index)", {
+            specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)", role: .disk) { _ in
                 Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial)
-            }))
+            })
         }
-        if config.virtioConsole { devices.append(("virtio-console", { Console(memory: memory, output: output) })) }
-        if config.rng { devices.append(("virtio-rng", { Entropy(memory: memory) })) }
-        var consoleTransport: VirtioMMIOTransport?
+        if config.virtioConsole {
+            specs.append(VirtioDeviceSpec(name: "virtio-console", role: .console) { _ in Console(memory: memory, output: output) })
+        }
+        if config.rng { specs.append(VirtioDeviceSpec(name: "virtio-rng", role: .other) { _ in Entropy(memory: memory) }) }
         self.backends = backends
-        for (name, make) in devices {
-            let slot = VirtioMMIODevice(base: Self.virtioMMIOBase + UInt32(virtioSlots.count) * Self.virtioMMIOStride,
-                                        size: Self.virtioMMIOStride, gsi: Self.virtioFirstGSI + UInt32(virtioSlots.count))
-            guard slot.gsi < Self.ioapicInputs else {
-                throw MachineError("too many virtio devices: at most \(Self.ioapicInputs - Self.virtioFirstGSI) fit the IOAPIC")
-            }
-            let transport = VirtioMMIOTransport(device: make(), memory: memory,
-                                                interrupt: KVMInterruptLine(vm: vm, gsi: slot.gsi),
-                                                debugLog: { [logger] line in logger.debug("\(name): \(line)") },
-                                                errorLog: { [logger] line in logger.warning("\(name): \(line)") })
-            do {
-                try mmio.register(transport, base: UInt64(slot.base), length: UInt64(slot.size))
-            } catch {
-                throw MachineError("device layout: \(error)")
-            }
-            for queue in 0..<transport.queueCount {
-                let descriptor = try ioThread.addEvent { transport.notify(queue: queue) }
-                do {
-                    try vm.registerNotification(mmioAddress: UInt64(slot.base) + VirtioMMIOTransport.queueNotifyOffset,
-                                                length: 4, value: UInt64(queue), descriptor: descriptor)
-                } catch {
-                    logger.info("\(name) queue notifications stay on vCPU threads: \(error)")
-                }
-            }
-            if name == "virtio-console" { consoleTransport = transport }
-            virtioSlots.append(slot)
-        }
-        self.consoleTransport = consoleTransport
+        let virtioSlots: [VirtioMMIODevice]
+        let transports: [any VirtioTransport]
+        (virtioSlots, transports) = try Self.attachMMIO(specs, memory: memory, vm: vm, bus: &mmio, ioThread: ioThread, logger: logger)
+        consoleTransport = zip(specs, transports).first { $0.0.role == .console }?.1
         mmioBus = mmio
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
         // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.

@@ -72,4 +72,6 @@ public protocol VirtioDevice {
     mutating func notify(queue: Int)
     /// Returns to the initial state: queues dropped, configuration back to its defaults.
     mutating func reset()
+    /// A host descriptor the device watches through its `HostEventWatcher` became ready (on an I/O thread).
+    mutating func hostEvent(token: UInt32, events: HostEventKind)
 }

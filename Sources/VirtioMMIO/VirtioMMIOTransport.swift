@@ -329,6 +329,11 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         state.withLock { state in notify(queue: UInt32(truncatingIfNeeded: queue), &state) }
     }
 
+    /// Passes readiness of a host descriptor the device watches to the device (from an I/O thread).
+    public func hostEvent(token: UInt32, events: HostEventKind) {
+        state.withLock { $0.device.hostEvent(token: token, events: events) }
+    }
+
     /// Passes an available-buffer notification to the device when it is running and the queue is ready.
     private func notify(queue value: UInt32, _ state: inout State) {
         guard state.active, let index = Int(exactly: value), index < state.queues.count, state.queues[index].ready,

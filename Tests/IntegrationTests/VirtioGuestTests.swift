@@ -8,7 +8,7 @@ import VMM
     @Test func rngGuestGetsRandomBytes() throws {
         let run = try boot(VMConfig(kernel: Repository.guest("rng"), rng: true))
         #expect(run.outcome == .guestExit(0), "output: \(run.output)")
-        #expect(run.output.contains("rng: got 256 random bytes from virtio-rng (device at 0xfeb00000)"))
+        #expect(run.output.contains("rng: got 256 random bytes from virtio-rng (virtio-mmio at 0xfeb00000)"))
     }
 
     @Test func withoutTheDeviceTheGuestFindsNone() throws {
