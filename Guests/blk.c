@@ -61,8 +61,8 @@ static inline uint64_t pattern_word(uint64_t s, unsigned i) {
     return ((seed & 0xffff) << 48) | (s << 6) | i;
 }
 
-static void fill_pattern(uint64_t sector, unsigned nsect) {
-    uint64_t *w = (uint64_t *)data;
+static void fill_pattern_into(uint8_t *buf, uint64_t sector, unsigned nsect) {
+    uint64_t *w = (uint64_t *)buf;
     for (unsigned k = 0; k < nsect; k++)
         for (unsigned i = 0; i < SECTOR / 8; i++) w[k * (SECTOR / 8) + i] = pattern_word(sector + k, i);
 }
@@ -165,7 +165,7 @@ static int write_and_verify(int write) {
             uint64_t s;
             unsigned n;
             test_region(r, &s, &n);
-            fill_pattern(s, n);
+            fill_pattern_into(data, s, n);
             if (blk_ok(VIRTIO_BLK_T_OUT, s, data, n * SECTOR)) return -1;
         }
     for (unsigned r = 0; r < SPREAD_REQS + SINGLE_REQS; r++) {
@@ -227,17 +227,71 @@ static uint64_t xorshift(void) {
     return rng_state = x;
 }
 
-/* Runs one phase for `cycles` TSC cycles; returns the number of requests, or -1. */
-static long bench_phase(uint32_t type, int sequential, uint64_t cycles) {
+/* Bench requests: up to MAX_QD in flight, request i on descriptors 3i..3i+2 with its own header,
+ * status byte and data buffer. */
+#define MAX_QD 16
+static uint8_t bench_data[MAX_QD][SEQ_BYTES] __attribute__((aligned(4096)));
+static struct blk_req_hdr bench_hdr[MAX_QD] __attribute__((aligned(16)));
+static volatile uint8_t bench_status[MAX_QD];
+
+/* Fills request slot `i` and publishes it in the available ring (no notification). */
+static void bench_post(unsigned i, uint32_t type, uint64_t sector, uint32_t len) {
+    unsigned d = 3 * i;
+    bench_hdr[i].type = type;
+    bench_hdr[i].reserved = 0;
+    bench_hdr[i].sector = sector;
+    bench_status[i] = STATUS_UNSET;
+    q.desc[d].addr = (uint64_t)(uintptr_t)&bench_hdr[i];
+    q.desc[d].len = sizeof bench_hdr[i];
+    q.desc[d].flags = VIRTQ_DESC_F_NEXT;
+    q.desc[d].next = (uint16_t)(d + 1);
+    q.desc[d + 1].addr = (uint64_t)(uintptr_t)bench_data[i];
+    q.desc[d + 1].len = len;
+    q.desc[d + 1].flags = VIRTQ_DESC_F_NEXT | (type == VIRTIO_BLK_T_IN ? VIRTQ_DESC_F_WRITE : 0);
+    q.desc[d + 1].next = (uint16_t)(d + 2);
+    q.desc[d + 2].addr = (uint64_t)(uintptr_t)&bench_status[i];
+    q.desc[d + 2].len = 1;
+    q.desc[d + 2].flags = VIRTQ_DESC_F_WRITE;
+    q.desc[d + 2].next = 0;
+    vdev_publish(&q, (uint16_t)d);
+}
+
+/* Runs one phase for `cycles` TSC cycles with `qd` requests in flight; returns the number of
+ * requests completed, or -1. Completions are reaped in batches and answered with one notification. */
+static long bench_phase(uint32_t type, int sequential, uint64_t cycles, unsigned qd) {
     uint32_t len = sequential ? SEQ_BYTES : 4096;
     uint64_t nsect = len / SECTOR, slots = capacity / nsect, next = 0;
     long n = 0;
+    unsigned in_flight = 0;
     uint64_t t0 = rdtsc();
-    while (rdtsc() - t0 < cycles) {
+    for (unsigned i = 0; i < qd; i++) {
         uint64_t s = (sequential ? next++ % slots : xorshift() % slots) * nsect;
-        if (type == VIRTIO_BLK_T_OUT) fill_pattern(s, (unsigned)nsect);   /* keeps check-pattern valid */
-        if (blk_ok(type, s, data, len)) return -1;
+        if (type == VIRTIO_BLK_T_OUT) fill_pattern_into(bench_data[i], s, (unsigned)nsect);
+        bench_post(i, type, s, len);
+        in_flight++;
+    }
+    vdev_notify(&q);
+    while (in_flight) {
+        uint32_t id, ulen;
+        if (!vdev_poll_used(&dev, &q, timeout, &id, &ulen)) {
+            rt_printf("blk: bench request timed out after %lu cycles (used.idx %u, status 0x%x)\n", timeout,
+                      q.used->idx, vdev_status(&dev));
+            return -1;
+        }
+        unsigned i = id / 3;
+        if (id % 3 || i >= qd || bench_status[i] != VIRTIO_BLK_S_OK) {
+            rt_printf("blk: bench request: used id %u, status %u\n", id, i < qd ? bench_status[i] : 0xff);
+            return -1;
+        }
+        in_flight--;
         n++;
+        if (rdtsc() - t0 < cycles) {
+            uint64_t s = (sequential ? next++ % slots : xorshift() % slots) * nsect;
+            if (type == VIRTIO_BLK_T_OUT) fill_pattern_into(bench_data[i], s, (unsigned)nsect);   /* keeps check-pattern valid */
+            bench_post(i, type, s, len);
+            in_flight++;
+            if (q.used->idx == q.last_used) vdev_notify(&q);   /* nothing more to reap: tell the device */
+        }
     }
     return n;
 }
@@ -251,15 +305,18 @@ static int bench(int ro) {
     uint64_t cycles = khz ? khz * ms : cmdline_u64("bench-cycles", 4000000000ull);
     if (cycles < 1000) cycles = 1000;
     if (capacity < SEQ_BYTES / SECTOR) { rt_puts("blk: disk too small for bench (< 64 KiB)\n"); return 1; }
+    unsigned qd = (unsigned)cmdline_u64("qd", 1);
+    unsigned max_qd = q.num / 3 < MAX_QD ? q.num / 3 : MAX_QD;
+    if (qd < 1 || qd > max_qd) { rt_printf("blk: qd=%u is out of range; give 1 to %u\n", qd, max_qd); return 1; }
     rng_state = 0x9E3779B97F4A7C15ull ^ seed;
-    if (khz) rt_printf("blk-bench: TSC %lu kHz (%s), %lu ms per phase, one request in flight\n", khz, src, ms);
-    else rt_printf("blk-bench: TSC frequency unknown, %lu cycles per phase, one request in flight\n", cycles);
+    if (khz) rt_printf("blk-bench: TSC %lu kHz (%s), %lu ms per phase, %u requests in flight\n", khz, src, ms, qd);
+    else rt_printf("blk-bench: TSC frequency unknown, %lu cycles per phase, %u requests in flight\n", cycles, qd);
 
-    long rr = bench_phase(VIRTIO_BLK_T_IN, 0, cycles);
+    long rr = bench_phase(VIRTIO_BLK_T_IN, 0, cycles, qd);
     if (rr < 0) return 1;
     long rw = 0;
-    if (!ro && (rw = bench_phase(VIRTIO_BLK_T_OUT, 0, cycles)) < 0) return 1;
-    long sr = bench_phase(VIRTIO_BLK_T_IN, 1, cycles);
+    if (!ro && (rw = bench_phase(VIRTIO_BLK_T_OUT, 0, cycles, qd)) < 0) return 1;
+    long sr = bench_phase(VIRTIO_BLK_T_IN, 1, cycles, qd);
     if (sr < 0) return 1;
 
     if (khz) {

@@ -450,10 +450,11 @@ void vdev_publish(struct virtq *q, uint16_t head) {
 }
 
 void vdev_notify(struct virtq *q) {
-    /* 2.7.13.4: make idx visible before notifying (we ignore VIRTQ_USED_F_NO_NOTIFY and always
-     * notify, which the spec allows). virtio-mmio takes a 32-bit QueueNotify write; virtio-pci
-     * a 16-bit queue index at the queue's notify address. */
+    /* 2.7.13.4: make idx visible before reading the device's flags; a device that is still
+     * working through the ring (VIRTQ_USED_F_NO_NOTIFY) rechecks it before it stops. virtio-mmio
+     * takes a 32-bit QueueNotify write; virtio-pci a 16-bit queue index at the notify address. */
     full_barrier();
+    if (q->used->flags & VIRTQ_USED_F_NO_NOTIFY) return;
     if (q->notify_width == 4)
         wr32(q->notify_addr, q->index);
     else

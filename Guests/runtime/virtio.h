@@ -89,6 +89,7 @@
 #define VIRTQ_DESC_F_NEXT        1
 #define VIRTQ_DESC_F_WRITE       2       /* device writes (otherwise device reads) */
 #define VIRTQ_DESC_F_INDIRECT    4
+#define VIRTQ_USED_F_NO_NOTIFY   1       /* used->flags: the device asks not to be notified */
 
 struct virtq_desc {                      /* 16 bytes, table aligned to 16 */
     uint64_t addr;

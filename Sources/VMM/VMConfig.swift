@@ -1,6 +1,14 @@
 import BootLoader
 import FoundationEssentials
 
+/// How VirtIO devices reach the guest.
+public enum VirtioTransportKind: String, Codable, Sendable, CaseIterable {
+    /// virtio-pci (modern) behind a PCI host bridge with ECAM and MSI-X: what Linux and firmware expect.
+    case pci
+    /// virtio-mmio (version 2) windows described in the DSDT and on the command line: no PCI enumeration.
+    case mmio
+}
+
 /// Everything needed to start a VM. `tern run` builds it from flags or from JSON (the schema the API uses).
 public struct VMConfig: Equatable, Sendable, Codable {
     /// Guest kernel: an ELF64 image, booted through PVH when it carries the PVH note.
@@ -30,6 +38,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var disks: [DiskSetting]
     /// Give the guest a virtio-console (hvc0) on the console target, which then also takes the host's input.
     public var virtioConsole: Bool
+    /// The transport every VirtIO device sits on.
+    public var virtioTransport: VirtioTransportKind
 
     /// The command line a kernel gets when none is given: the console on COM1, and a panic or reboot that ends
     /// the VM at once (through a triple fault, which Tern reports) instead of hanging or looking like success.
@@ -54,7 +64,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
                 kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = [],
-                virtioConsole: Bool = false) {
+                virtioConsole: Bool = false, virtioTransport: VirtioTransportKind = .pci) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -70,12 +80,13 @@ public struct VMConfig: Equatable, Sendable, Codable {
         self.rng = rng
         self.disks = disks
         self.virtioConsole = virtioConsole
+        self.virtioTransport = virtioTransport
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
-        case virtioConsole = "virtio_console"
+        case virtioConsole = "virtio_console", virtioTransport = "virtio_transport"
     }
 
     struct AnyKey: CodingKey {
@@ -106,7 +117,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
             kernelDecompression: try container.decodeIfPresent(KernelDecompression.self, forKey: .kernelDecompression) ?? .host,
             rng: try container.decodeIfPresent(Bool.self, forKey: .rng) ?? false,
             disks: try container.decodeIfPresent([DiskSetting].self, forKey: .disks) ?? [],
-            virtioConsole: try container.decodeIfPresent(Bool.self, forKey: .virtioConsole) ?? false)
+            virtioConsole: try container.decodeIfPresent(Bool.self, forKey: .virtioConsole) ?? false,
+            virtioTransport: try container.decodeIfPresent(VirtioTransportKind.self, forKey: .virtioTransport) ?? .pci)
     }
 
     /// Decodes a JSON document; errors name the setting at fault.

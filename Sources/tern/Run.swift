@@ -54,8 +54,11 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("virtio-console"), help: "Give the guest a virtio-console (hvc0) on the console target; host input then goes to it instead of COM1.")
     var virtioConsole = false
 
-    @Flag(help: "Give the guest a virtio-rng device (virtio-mmio) fed from the host's getrandom.")
+    @Flag(help: "Give the guest a virtio-rng device fed from the host's getrandom.")
     var rng = false
+
+    @Option(name: .customLong("virtio-transport"), help: ArgumentHelp("How VirtIO devices reach the guest: 'pci' (default: virtio-pci with MSI-X behind a PCI host bridge) or 'mmio' (virtio-mmio windows).", valueName: "kind"))
+    var virtioTransport: String?
 
     @Flag(help: "Let KSM merge identical guest pages (MADV_MERGEABLE).")
     var mergeable = false
@@ -100,6 +103,12 @@ struct Run: ParsableCommand {
                 throw ConfigError("--kernel-decompression '\(kernelDecompression)' is not valid; use host or guest")
             }
             settings.kernelDecompression = value
+        }
+        if let virtioTransport {
+            guard let value = VirtioTransportKind(rawValue: virtioTransport) else {
+                throw ConfigError("--virtio-transport '\(virtioTransport)' is not valid; use pci or mmio")
+            }
+            settings.virtioTransport = value
         }
         if mergeable { settings.mergeable = true }
         if rng { settings.rng = true }
