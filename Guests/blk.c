@@ -262,7 +262,7 @@ static long bench_phase(uint32_t type, int sequential, uint64_t cycles, unsigned
     uint32_t len = sequential ? SEQ_BYTES : 4096;
     uint64_t nsect = len / SECTOR, slots = capacity / nsect, next = 0;
     long n = 0;
-    unsigned in_flight = 0;
+    unsigned in_flight = 0, unnotified = 0;
     uint64_t t0 = rdtsc();
     for (unsigned i = 0; i < qd; i++) {
         uint64_t s = (sequential ? next++ % slots : xorshift() % slots) * nsect;
@@ -274,8 +274,8 @@ static long bench_phase(uint32_t type, int sequential, uint64_t cycles, unsigned
     while (in_flight) {
         uint32_t id, ulen;
         if (!vdev_poll_used(&dev, &q, timeout, &id, &ulen)) {
-            rt_printf("blk: bench request timed out after %lu cycles (used.idx %u, status 0x%x)\n", timeout,
-                      q.used->idx, vdev_status(&dev));
+            rt_printf("blk: bench request timed out after %lu cycles (used.idx %u, avail.idx %u, %u in flight, status 0x%x)\n",
+                      timeout, q.used->idx, q.avail_idx, in_flight, vdev_status(&dev));
             return -1;
         }
         unsigned i = id / 3;
@@ -290,7 +290,12 @@ static long bench_phase(uint32_t type, int sequential, uint64_t cycles, unsigned
             if (type == VIRTIO_BLK_T_OUT) fill_pattern_into(bench_data[i], s, (unsigned)nsect);   /* keeps check-pattern valid */
             bench_post(i, type, s, len);
             in_flight++;
-            if (q.used->idx == q.last_used) vdev_notify(&q);   /* nothing more to reap: tell the device */
+            unnotified = 1;
+        }
+        /* Nothing more to reap (or the phase is over): tell the device about what was posted. */
+        if (unnotified && q.used->idx == q.last_used) {
+            vdev_notify(&q);
+            unnotified = 0;
         }
     }
     return n;

@@ -405,6 +405,7 @@ int vdev_queue_setup(struct vdev *d, struct virtq *q, unsigned index, void *mem)
     q->desc = (volatile struct virtq_desc *)(uintptr_t)desc;
     q->avail = (volatile struct virtq_avail *)(uintptr_t)avail;
     q->used = (volatile struct virtq_used *)(uintptr_t)used;
+    q->avail->flags = VIRTQ_AVAIL_F_NO_INTERRUPT;          /* we poll */
 
     if (d->transport == VDEV_PCI) {
         uint64_t notify = d->notify + (uint64_t)rd16(d->common + VPCI_QUEUE_NOTIFY_OFF) * d->notify_multiplier;
@@ -489,7 +490,6 @@ int vdev_poll_used(struct vdev *d, struct virtq *q, uint64_t timeout_cycles, uin
             if (id) *id = e->id;
             if (len) *len = e->len;
             q->last_used++;
-            vdev_ack_interrupts(d);
             return 1;
         }
         if (rdtsc() - t0 >= timeout_cycles) {

@@ -90,6 +90,7 @@
 #define VIRTQ_DESC_F_WRITE       2       /* device writes (otherwise device reads) */
 #define VIRTQ_DESC_F_INDIRECT    4
 #define VIRTQ_USED_F_NO_NOTIFY   1       /* used->flags: the device asks not to be notified */
+#define VIRTQ_AVAIL_F_NO_INTERRUPT 1     /* avail->flags: the driver asks for no used-buffer interrupts */
 
 struct virtq_desc {                      /* 16 bytes, table aligned to 16 */
     uint64_t addr;
@@ -198,8 +199,9 @@ void vdev_notify(struct virtq *q);
 void vdev_submit(struct vdev *d, struct virtq *q, uint16_t head);
 
 /* Polls used->idx until a new used element arrives or `timeout_cycles` TSC cycles pass.
- * Returns 1 and fills *id and *len (either may be NULL), or 0 on timeout. Reads (and on
- * virtio-mmio acks) the interrupt status whenever it finds an element or gives up. */
+ * Returns 1 and fills *id and *len (either may be NULL), or 0 on timeout, after reading (and
+ * on virtio-mmio acking) the interrupt status for diagnostics. Queues ask for no used-buffer
+ * interrupts (VIRTQ_AVAIL_F_NO_INTERRUPT): reading the status is a VM exit. */
 int vdev_poll_used(struct vdev *d, struct virtq *q, uint64_t timeout_cycles, uint32_t *id, uint32_t *len);
 
 /* Reads (and acknowledges) the interrupt status; returns it. */

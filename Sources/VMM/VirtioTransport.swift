@@ -1,4 +1,5 @@
 import ACPI
+import Glibc
 import Devices
 import GuestMemory
 import KVM
@@ -73,14 +74,21 @@ extension Machine {
             } catch {
                 throw MachineError("device layout: \(error)")
             }
+            var descriptors: [Int32] = []
             for queue in 0..<transport.queueCount {
                 let descriptor = try ioThread.addEvent { transport.notify(queue: queue) }
+                descriptors.append(descriptor)
                 do {
                     try vm.registerNotification(mmioAddress: UInt64(slot.base) + VirtioMMIOTransport.queueNotifyOffset,
                                                 length: 4, value: UInt64(queue), descriptor: descriptor)
                 } catch {
                     logger.info("\(name) queue notifications stay on vCPU threads: \(error)")
                 }
+            }
+            transport.setServiceRequestHandler { [descriptors] queue in
+                guard descriptors.indices.contains(queue) else { return }
+                var one: UInt64 = 1
+                _ = write(descriptors[queue], &one, 8)
             }
             slots.append(slot)
             transports.append(transport)

@@ -25,6 +25,10 @@ public protocol InterruptSignal: Sendable {
     func signalConfigurationChange()
     /// Sets DEVICE_NEEDS_RESET in the device status and sends a configuration-change notification.
     func signalNeedsReset(reason: String)
+    /// Asks for another `notify(queue:)` call soon, from the thread that serves the device's notifications: a
+    /// device that stops at its work budget with buffers still available calls this, because the driver
+    /// already published them and owes no further notification.
+    func requestService(queue: Int)
 }
 
 /// Why a device could not be activated.

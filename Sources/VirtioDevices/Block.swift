@@ -157,6 +157,7 @@ public struct Block: VirtioDevice {
         guard index == 0, var queue, let interrupt else { return }
         var budget = Int(queue.size)
         queue.disableNotifications()
+        var pending = false
         do {
             repeat {
                 while budget > 0, try queue.nextChain(into: &chain) {
@@ -183,12 +184,15 @@ public struct Block: VirtioDevice {
                     budget -= 1
                 }
                 if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
-            } while queue.enableNotifications() && budget > 0
+                pending = queue.enableNotifications()
+            } while pending && budget > 0
         } catch {
             fail(interrupt, "\(error)")
             return
         }
         self.queue = queue
+        // Stopped at the budget with buffers left: the driver published them already and will not notify again.
+        if pending { interrupt.requestService(queue: index) }
     }
 
     public mutating func reset() {

@@ -86,6 +86,7 @@ public struct Console: VirtioDevice {
         guard index == Self.transmitQueue, var queue = transmitq, let interrupt else { return }
         var budget = Int(queue.size)
         queue.disableNotifications()
+        var pending = false
         do {
             repeat {
                 while budget > 0, try queue.nextChain(into: &chain) {
@@ -101,11 +102,14 @@ public struct Console: VirtioDevice {
                     budget -= 1
                 }
                 if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
-            } while queue.enableNotifications() && budget > 0
+                pending = queue.enableNotifications()
+            } while pending && budget > 0
         } catch {
             return fail(interrupt, "\(error)")
         }
         transmitq = queue
+        // Stopped at the budget with buffers left: the driver published them already and will not notify again.
+        if pending { interrupt.requestService(queue: index) }
     }
 
     /// Copies host input into the receive buffers the driver has made available, at most one queue's worth of

@@ -53,6 +53,7 @@ public struct Entropy: VirtioDevice {
         guard index == 0, var queue, let interrupt else { return }
         var budget = Int(queue.size)
         queue.disableNotifications()
+        var pending = false
         do {
             repeat {
                 while budget > 0, try queue.nextChain(into: &chain) {
@@ -68,12 +69,15 @@ public struct Entropy: VirtioDevice {
                     budget -= 1
                 }
                 if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
-            } while queue.enableNotifications() && budget > 0
+                pending = queue.enableNotifications()
+            } while pending && budget > 0
         } catch {
             fail(interrupt, "\(error)")
             return
         }
         self.queue = queue
+        // Stopped at the budget with buffers left: the driver published them already and will not notify again.
+        if pending { interrupt.requestService(queue: index) }
     }
 
     public mutating func reset() {

@@ -90,6 +90,8 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         var status: UInt32 = 0
         var needsReset = false
         var configGeneration: UInt32 = 0
+        /// Where `requestService(queue:)` goes: set by the VMM once the notification path exists.
+        var serviceRequests: (@Sendable (Int) -> Void)?
     }
 
     private let memory: GuestMemory
@@ -373,6 +375,15 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         errorLog("virtio-mmio: device needs reset: \(reason)")
         interrupts.withLock { $0.needsReset = true }
         raise(Self.configurationInterrupt)
+    }
+
+    public func requestService(queue: Int) {
+        interrupts.withLock { $0.serviceRequests }?(queue)
+    }
+
+    /// Routes the device's `requestService(queue:)` calls, typically to the queue's notification eventfd.
+    public func setServiceRequestHandler(_ handler: @escaping @Sendable (Int) -> Void) {
+        interrupts.withLock { $0.serviceRequests = handler }
     }
 
     private func raise(_ bit: UInt32) {

@@ -9,10 +9,12 @@ import VirtioDevices
 final class RecordingInterrupt: InterruptSignal {
     let usedBuffers = Mutex(0)
     let resetReasons = Mutex<[String]>([])
+    let serviceRequests = Mutex<[Int]>([])
 
     func signalUsedBuffers(queue: Int) { usedBuffers.withLock { $0 += 1 } }
     func signalConfigurationChange() {}
     func signalNeedsReset(reason: String) { resetReasons.withLock { $0.append(reason) } }
+    func requestService(queue: Int) { serviceRequests.withLock { $0.append(queue) } }
 
     var needsReset: Bool { resetReasons.withLock { !$0.isEmpty } }
 }

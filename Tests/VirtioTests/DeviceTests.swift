@@ -11,6 +11,7 @@ final class RecordingInterrupt: InterruptSignal {
     func signalUsedBuffers(queue: Int) { usedBuffers.withLock { $0.append(queue) } }
     func signalConfigurationChange() {}
     func signalNeedsReset(reason: String) { needsReset.withLock { $0 = true } }
+    func requestService(queue: Int) {}
 }
 
 /// A minimal entropy-like device: fills every writable buffer with 0xAB.
