@@ -82,26 +82,122 @@ extension FileIO {
 @_silgen_name("fallocate")
 func c_fallocate(_ fd: Int32, _ mode: Int32, _ offset: off_t, _ len: off_t) -> Int32
 
+/// How an image file uses the host's page cache.
+public enum CacheMode: String, Sendable, Codable, CaseIterable {
+    /// Through the page cache (buffered I/O); a guest flush makes writes durable with fdatasync.
+    case writeback
+    /// Around the page cache (O_DIRECT): no double caching of guest data in host memory; flushes still fdatasync.
+    case none
+}
+
 /// A file opened with open(2). Thread-safe: every call is a positioned system call.
+///
+/// With `CacheMode.none` the file is opened with O_DIRECT, which wants buffer addresses, offsets and lengths
+/// aligned to `directAlignment`. Aligned requests go straight through; others bounce through an aligned buffer
+/// (read-modify-write for writes, the file's size kept as a buffered write would leave it). Writes are
+/// serialised so that a read-modify-write never races another write to the same block.
 public final class PosixFile: FileIO {
     public let fd: Int32
     public let path: String
     public let isWritable: Bool
+    public let cache: CacheMode
+    /// Alignment O_DIRECT transfers keep: the largest logical block size in use on Linux file systems.
+    public static let directAlignment = 4096
+    /// Bounce size for unaligned O_DIRECT requests.
+    static let bounceSize = 1 << 20
+    /// The aligned buffer unaligned O_DIRECT requests go through (empty with the page cache).
+    private let bounce: Mutex<UnsafeMutableRawBufferPointer>
+    /// O_DIRECT, which Glibc's Swift overlay does not export.
+    #if arch(arm64)
+    static let directFlag: Int32 = 0o200000
+    #else
+    static let directFlag: Int32 = 0o40000
+    #endif
 
-    public init(path: String, writable: Bool, create: Bool = false, exclusive: Bool = false) throws(DiskError) {
+    public init(path: String, writable: Bool, create: Bool = false, exclusive: Bool = false,
+                cache: CacheMode = .writeback) throws(DiskError) {
         var flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC
         if create { flags |= O_CREAT }
         if exclusive { flags |= O_EXCL }
+        if cache == .none { flags |= Self.directFlag }
         let fd = open(path, flags, 0o644)
-        if fd < 0 { throw .io("cannot open \(path)", errno: errno) }
+        if fd < 0 {
+            if cache == .none && errno == EINVAL {
+                throw .unsupported("\(path): its file system does not support O_DIRECT (cache=none); use cache=writeback")
+            }
+            throw .io("cannot open \(path)", errno: errno)
+        }
         self.fd = fd
         self.path = path
         self.isWritable = writable
+        self.cache = cache
+        bounce = Mutex(UnsafeMutableRawBufferPointer.allocate(
+            byteCount: cache == .none ? Self.bounceSize : 0, alignment: Self.directAlignment))
     }
 
-    deinit { close(fd) }
+    deinit {
+        close(fd)
+        bounce.withLock { $0.deallocate() }
+    }
+
+    private static func isAligned(_ value: Int) -> Bool { value & (directAlignment - 1) == 0 }
+
+    private static func isAligned(_ buffer: UnsafeRawBufferPointer, _ offset: UInt64) -> Bool {
+        isAligned(Int(bitPattern: buffer.baseAddress)) && isAligned(buffer.count) && offset & UInt64(directAlignment - 1) == 0
+    }
 
     public func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        guard buffer.count > 0 else { return }
+        if cache == .none, !Self.isAligned(UnsafeRawBufferPointer(buffer), offset) {
+            try bounce.withLock { (bounce: inout UnsafeMutableRawBufferPointer) throws(DiskError) in
+                try bounced(buffer.count, at: offset, through: bounce) { chunk, start, range throws(DiskError) in
+                    try readFully(chunk, at: start)
+                    (buffer.baseAddress! + range.lowerBound).copyMemory(
+                        from: chunk.baseAddress! + Int(offset + UInt64(range.lowerBound) - start), byteCount: range.count)
+                }
+            }
+            return
+        }
+        try readFully(buffer, at: offset)
+    }
+
+    public func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        guard buffer.count > 0 else { return }
+        guard cache == .none else { return try writeFully(buffer, at: offset) }
+        try bounce.withLock { (bounce: inout UnsafeMutableRawBufferPointer) throws(DiskError) in
+            if Self.isAligned(buffer, offset) { return try writeFully(buffer, at: offset) }
+            let sizeBefore = try size()
+            try bounced(buffer.count, at: offset, through: bounce) { chunk, start, range throws(DiskError) in
+                try readFully(chunk, at: start)
+                (chunk.baseAddress! + Int(offset + UInt64(range.lowerBound) - start)).copyMemory(
+                    from: buffer.baseAddress! + range.lowerBound, byteCount: range.count)
+                try writeFully(UnsafeRawBufferPointer(chunk), at: start)
+            }
+            // Whole blocks went out: give back what the file would not have grown by with a buffered write.
+            let end = max(sizeBefore, offset + UInt64(buffer.count))
+            if try size() > end { try truncate(end) }
+        }
+    }
+
+    /// Walks `count` bytes at `offset` in aligned chunks of the bounce buffer: `body` gets the chunk (aligned
+    /// length), the file offset it starts at, and the range of the caller's buffer it covers.
+    private func bounced(
+        _ count: Int, at offset: UInt64, through bounce: UnsafeMutableRawBufferPointer,
+        _ body: (UnsafeMutableRawBufferPointer, UInt64, Range<Int>) throws(DiskError) -> Void
+    ) throws(DiskError) {
+        let mask = UInt64(Self.directAlignment - 1)
+        var done = 0
+        while done < count {
+            let position = offset + UInt64(done)
+            let start = position & ~mask
+            let chunkEnd = min(start + UInt64(bounce.count), (offset + UInt64(count) + mask) & ~mask)
+            let covered = Int(min(chunkEnd, offset + UInt64(count)) - position)
+            try body(UnsafeMutableRawBufferPointer(rebasing: bounce[0..<Int(chunkEnd - start)]), start, done..<(done + covered))
+            done += covered
+        }
+    }
+
+    private func readFully(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError) {
         var done = 0
         while done < buffer.count {
             let n = Glibc.pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
@@ -118,7 +214,7 @@ public final class PosixFile: FileIO {
         }
     }
 
-    public func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
+    private func writeFully(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
         var done = 0
         while done < buffer.count {
             let n = Glibc.pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))

@@ -28,6 +28,8 @@ public struct Qcow2OpenOptions: Sendable {
     public var openBacking = true
     /// Resolves a backing file name to a device; defaults to opening files relative to the image.
     public var backingOverride: (any BlockBackend)? = nil
+    /// How the image and its backing files use the host's page cache.
+    public var cache: CacheMode = .writeback
     public init(writable: Bool = false) { self.writable = writable }
 }
 
@@ -57,11 +59,11 @@ func canonicalPath(_ p: String) -> String {
 }
 
 /// Opens an image file of either format.
-public func openImage(path: String, format: ImageFormat? = nil, writable: Bool = false,
+public func openImage(path: String, format: ImageFormat? = nil, writable: Bool = false, cache: CacheMode = .writeback,
                       depth: Int = 0, seen: [String] = []) throws(DiskError) -> any BlockBackend {
     guard depth < 32 else { throw .corrupt("backing chain is deeper than 32 images") }
     guard !seen.contains(canonicalPath(path)) else { throw .corrupt("backing chain loops back to \(path)") }
-    let f = try PosixFile(path: path, writable: writable)
+    let f = try PosixFile(path: path, writable: writable, cache: cache)
     let fmt: ImageFormat
     if let f0 = format { fmt = f0 } else { fmt = try probeFormat(f) }
     switch fmt {
@@ -69,6 +71,7 @@ public func openImage(path: String, format: ImageFormat? = nil, writable: Bool =
     case .qcow2:
         var o = Qcow2OpenOptions(writable: writable)
         o.openBacking = true
+        o.cache = cache
         return try Qcow2Image(file: f, path: path, options: o, depth: depth, seen: seen + [canonicalPath(path)])
     }
 }
@@ -127,7 +130,7 @@ public final class Qcow2Image: BlockBackend {
                 fmt = ff
             } else { fmt = nil }
             do {
-                backing = try openImage(path: bp, format: fmt, writable: false, depth: depth + 1, seen: seen.isEmpty ? [canonicalPath(p)] : seen)
+                backing = try openImage(path: bp, format: fmt, writable: false, cache: options.cache, depth: depth + 1, seen: seen.isEmpty ? [canonicalPath(p)] : seen)
             } catch {
                 if case .io(_, let e) = error { throw .io("cannot open backing file \(bp)", errno: e) }
                 throw error

@@ -136,7 +136,8 @@ public final class Machine: Sendable {
         for (index, disk) in config.disks.enumerated() {
             let backend: any BlockBackend
             do {
-                backend = try openImage(path: disk.path, format: disk.format.map(\.imageFormat), writable: !disk.readOnly)
+                backend = try openImage(path: disk.path, format: disk.format.map(\.imageFormat), writable: !disk.readOnly,
+                                        cache: disk.cache)
             } catch {
                 throw MachineError("disk \(disk.path): \(error)")
             }

@@ -1,3 +1,5 @@
+import Qcow2
+
 /// A setting a user gave that Tern cannot use. The description is one line naming the problem and the fix.
 public struct ConfigError: Error, Equatable, CustomStringConvertible {
     public let description: String
@@ -196,7 +198,8 @@ extension String {
     }
 }
 
-/// A disk given to the guest as a virtio-blk device: `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]`.
+/// A disk given to the guest as a virtio-blk device:
+/// `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none]`.
 public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible {
     public enum Format: String, Equatable, Sendable {
         case raw, qcow2
@@ -208,12 +211,17 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
     public var format: Format?
     /// What the guest reads as the disk's serial number (at most 20 bytes).
     public var serial: String?
+    /// Whether the image goes through the host page cache (`writeback`, the default) or around it with
+    /// O_DIRECT (`none`). Guest flushes are made durable with fdatasync either way.
+    public var cache: CacheMode
 
-    public init(path: String, readOnly: Bool = false, format: Format? = nil, serial: String? = nil) {
+    public init(path: String, readOnly: Bool = false, format: Format? = nil, serial: String? = nil,
+                cache: CacheMode = .writeback) {
         self.path = path
         self.readOnly = readOnly
         self.format = format
         self.serial = serial
+        self.cache = cache
     }
 
     public init(parsing text: String) throws(ConfigError) {
@@ -221,10 +229,11 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         var readOnly = false
         var format: Format?
         var serial: String?
+        var cache = CacheMode.writeback
         for option in text.split(separator: ",", omittingEmptySubsequences: false) {
             let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]")
+                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none]")
             }
             let value = String(parts[1])
             switch parts[0] {
@@ -238,12 +247,17 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
             case "serial":
                 guard value.utf8.count <= 20 else { throw ConfigError("disk '\(text)': serial is longer than 20 bytes") }
                 serial = value
+            case "cache":
+                guard let mode = CacheMode(rawValue: value) else {
+                    throw ConfigError("disk '\(text)': cache '\(value)' is not writeback (page cache) or none (O_DIRECT)")
+                }
+                cache = mode
             default:
-                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format or serial")
+                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial or cache")
             }
         }
         guard let path else { throw ConfigError("disk '\(text)' has no path=FILE") }
-        self.init(path: path, readOnly: readOnly, format: format, serial: serial)
+        self.init(path: path, readOnly: readOnly, format: format, serial: serial, cache: cache)
     }
 
     public init(from decoder: any Decoder) throws {
@@ -260,6 +274,7 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         if readOnly { text += ",readonly=on" }
         if let format { text += ",format=\(format.rawValue)" }
         if let serial { text += ",serial=\(serial)" }
+        if cache != .writeback { text += ",cache=\(cache.rawValue)" }
         return text
     }
 }

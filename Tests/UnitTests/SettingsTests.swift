@@ -90,11 +90,14 @@ import VMM
         #expect(try DiskSetting(parsing: "path=d.img,readonly=on,format=raw,serial=abc")
                 == DiskSetting(path: "d.img", readOnly: true, format: .raw, serial: "abc"))
         #expect(try DiskSetting(parsing: "format=qcow2,path=x").description == "path=x,format=qcow2")
+        #expect(try DiskSetting(parsing: "path=x,cache=none") == DiskSetting(path: "x", cache: .none))
+        #expect(try DiskSetting(parsing: "path=x,cache=writeback").description == "path=x")
+        #expect(try DiskSetting(parsing: "path=x,cache=none").description == "path=x,cache=none")
     }
 
     @Test func refusesBadSpecs() {
         for bad in ["", "d.img", "path=", "path=a,readonly=yes", "path=a,format=vmdk", "path=a,bogus=1",
-                    "path=a,serial=123456789012345678901", "readonly=on"] {
+                    "path=a,serial=123456789012345678901", "readonly=on", "path=a,cache=directsync"] {
             #expect(throws: ConfigError.self) { try DiskSetting(parsing: bad) }
         }
     }
