@@ -56,8 +56,18 @@ extension Machine {
             input?.start()
         }
 
+        var controlServer: ControlServer?
+        if let path = config.apiSocket {
+            do {
+                controlServer = try ControlServer(path: path) { [self] request in handleControl(request) }
+                controlServer?.start()
+            } catch {
+                control.stop(.failed(error.description))
+            }
+        }
         ioThread.start()
         waitForStop(signalDescriptor: signalDescriptor)
+        controlServer?.stop()
         for thread in threads { pthread_join(thread, nil) }
         ioThread.stop()
         for backend in backends {

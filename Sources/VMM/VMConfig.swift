@@ -40,6 +40,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var virtioConsole: Bool
     /// The transport every VirtIO device sits on.
     public var virtioTransport: VirtioTransportKind
+    /// A Unix socket to serve the VM's controls on (`ControlRequest`s: status, stop, balloon).
+    public var apiSocket: String?
 
     /// The command line a kernel gets when none is given: the console on COM1, and a panic or reboot that ends
     /// the VM at once (through a triple fault, which Tern reports) instead of hanging or looking like success.
@@ -64,7 +66,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
                 kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = [],
-                virtioConsole: Bool = false, virtioTransport: VirtioTransportKind = .pci) {
+                virtioConsole: Bool = false, virtioTransport: VirtioTransportKind = .pci, apiSocket: String? = nil) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -81,12 +83,13 @@ public struct VMConfig: Equatable, Sendable, Codable {
         self.disks = disks
         self.virtioConsole = virtioConsole
         self.virtioTransport = virtioTransport
+        self.apiSocket = apiSocket
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
-        case virtioConsole = "virtio_console", virtioTransport = "virtio_transport"
+        case virtioConsole = "virtio_console", virtioTransport = "virtio_transport", apiSocket = "api_socket"
     }
 
     struct AnyKey: CodingKey {
@@ -118,7 +121,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
             rng: try container.decodeIfPresent(Bool.self, forKey: .rng) ?? false,
             disks: try container.decodeIfPresent([DiskSetting].self, forKey: .disks) ?? [],
             virtioConsole: try container.decodeIfPresent(Bool.self, forKey: .virtioConsole) ?? false,
-            virtioTransport: try container.decodeIfPresent(VirtioTransportKind.self, forKey: .virtioTransport) ?? .pci)
+            virtioTransport: try container.decodeIfPresent(VirtioTransportKind.self, forKey: .virtioTransport) ?? .pci,
+            apiSocket: try container.decodeIfPresent(String.self, forKey: .apiSocket))
     }
 
     /// Decodes a JSON document; errors name the setting at fault.

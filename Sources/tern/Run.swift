@@ -60,6 +60,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("virtio-transport"), help: ArgumentHelp("How VirtIO devices reach the guest: 'pci' (default: virtio-pci with MSI-X behind a PCI host bridge) or 'mmio' (virtio-mmio windows).", valueName: "kind"))
     var virtioTransport: String?
 
+    @Option(name: .customLong("api-socket"), help: ArgumentHelp("Serve the VM's controls (status, stop, balloon) on this Unix socket; see `tern control`.", valueName: "path"))
+    var apiSocket: String?
+
     @Flag(help: "Let KSM merge identical guest pages (MADV_MERGEABLE).")
     var mergeable = false
 
@@ -110,6 +113,7 @@ struct Run: ParsableCommand {
             }
             settings.virtioTransport = value
         }
+        if let apiSocket { settings.apiSocket = apiSocket }
         if mergeable { settings.mergeable = true }
         if rng { settings.rng = true }
         if virtioConsole { settings.virtioConsole = true }
