@@ -52,7 +52,8 @@ public final class Machine: Sendable {
     let logger: Logger
     let control = MachineControl()
     /// Runs device work signalled through ioeventfds.
-    let ioThread: IOThread
+    /// One I/O thread per VirtIO device, as Cloud Hypervisor has: a slow disk never delays the network.
+    let ioThreads: [IOThread]
     /// The disks' backends, flushed when the VM stops.
     let backends: [any BlockBackend]
     /// The virtio-console's transport, when the guest has one; it takes host input instead of the UART.
@@ -128,7 +129,6 @@ public final class Machine: Sendable {
                 do { output = try FileDescriptorOutput(appendingTo: path) } catch { throw MachineError(error.description) }
             }
         }
-        ioThread = try IOThread()
         var mmio = Bus()
         let memory = memory
         var specs: [VirtioDeviceSpec] = []
@@ -154,7 +154,8 @@ public final class Machine: Sendable {
         self.backends = backends
         let virtioSlots: [VirtioMMIODevice]
         let transports: [any VirtioTransport]
-        (virtioSlots, transports) = try Self.attachMMIO(specs, memory: memory, vm: vm, bus: &mmio, ioThread: ioThread, logger: logger)
+        ioThreads = try specs.map { _ throws(MachineError) in try IOThread() }
+        (virtioSlots, transports) = try Self.attachMMIO(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads, logger: logger)
         consoleTransport = zip(specs, transports).first { $0.0.role == .console }?.1
         mmioBus = mmio
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with

@@ -65,11 +65,11 @@ extension Machine {
                 control.stop(.failed(error.description))
             }
         }
-        ioThread.start()
+        for thread in ioThreads { thread.start() }
         waitForStop(signalDescriptor: signalDescriptor)
         controlServer?.stop()
         for thread in threads { pthread_join(thread, nil) }
-        ioThread.stop()
+        for thread in ioThreads { thread.stop() }
         for backend in backends {
             do {
                 try backend.flush()

@@ -46,15 +46,15 @@ struct VirtioDeviceSpec {
 
 extension Machine {
     /// Puts each device on virtio-mmio: one 512-byte window and one level-triggered IOAPIC input each, from
-    /// `virtioMMIOBase` and GSI `virtioFirstGSI` up. Queue notifications go through ioeventfds to the I/O
-    /// thread; should KVM refuse one, the MMIO exit still works.
+    /// `virtioMMIOBase` and GSI `virtioFirstGSI` up. Queue notifications go through ioeventfds to the device's
+    /// I/O thread (`ioThreads`, one per spec); should KVM refuse one, the MMIO exit still works.
     static func attachMMIO(
-        _ specs: [VirtioDeviceSpec], memory: GuestMemory, vm: VirtualMachine, bus: inout Bus, ioThread: IOThread,
+        _ specs: [VirtioDeviceSpec], memory: GuestMemory, vm: VirtualMachine, bus: inout Bus, ioThreads: [IOThread],
         logger: Logger
     ) throws(MachineError) -> ([VirtioMMIODevice], [any VirtioTransport]) {
         var slots: [VirtioMMIODevice] = []
         var transports: [any VirtioTransport] = []
-        for spec in specs {
+        for (spec, ioThread) in zip(specs, ioThreads) {
             let index = UInt32(slots.count)
             let slot = VirtioMMIODevice(base: virtioMMIOBase + index * virtioMMIOStride, size: virtioMMIOStride,
                                         gsi: virtioFirstGSI + index)
