@@ -28,6 +28,13 @@ let package = Package(
         // VirtIO device models, transport-independent: block (virtio-blk), console (virtio-console), entropy (virtio-rng).
         .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory", "Qcow2", "Devices"]),
         .testTarget(name: "VirtioDevicesTests", dependencies: ["VirtioDevices", "Virtio", "GuestMemory", "Qcow2"]),
+        // PCI platform: type-0 configuration spaces, BARs, MSI-X, the host bridge, ECAM and port 0xCF8 front ends.
+        .target(name: "PCI", dependencies: ["Devices"]),
+        // The modern virtio-pci transport: one VirtioDevice behind vendor capabilities, a 64-bit BAR and MSI-X.
+        .target(name: "VirtioPCI", dependencies: ["Virtio", "PCI", "GuestMemory", "Devices"]),
+        .testTarget(
+            name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioDevices", "GuestMemory", "Devices"]
+        ),
         .testTarget(
             name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "VirtioDevices", "Virtio", "Devices", "GuestMemory"]
         ),
@@ -49,7 +56,7 @@ let package = Package(
         .target(
             name: "VMM",
             dependencies: [
-                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "Virtio", "VirtioMMIO", "VirtioDevices", "Qcow2",
+                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "PCI", "Virtio", "VirtioMMIO", "VirtioPCI", "VirtioDevices", "Qcow2",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

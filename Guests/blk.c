@@ -4,7 +4,7 @@
  * device-writable for IN/GET_ID), 1-byte status (device-writable). FLUSH has no data part.
  *
  * Cmdline: mode=test (default) | check-pattern | read-only | bench; seed=N (default 1);
- *          timeout=<TSC cycles per request> (default 2e9); ms=<bench phase length, default
+ *          timeout=<TSC cycles per request> (default 1e10); ms=<bench phase length, default
  *          2000>; tsc-khz=<override the TSC frequency used by bench>; bench-cycles=<phase
  *          length when the TSC frequency is unknown, default 4e9>.
  * Exit 0: ok. Exit 1: failure (one line `blk: <reason>`). Exit 3: no device. Exit 4: bad mode.
@@ -349,7 +349,7 @@ int main(void) {
         return 4;
     }
     seed = cmdline_u64("seed", 1);
-    timeout = cmdline_u64("timeout", 2000000000ull);
+    timeout = cmdline_u64("timeout", 10000000000ull);
 
     struct vdev_probe_stats st;
     if (vdev_find(VIRTIO_ID_BLOCK, 0, &dev, &st) != 0) {

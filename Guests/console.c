@@ -6,7 +6,7 @@
  * Sequence: transmit `console: hello over virtio-console\n` as one chain of two
  * device-readable descriptors, wait for it to be used, print `console: sent` on COM1. Then
  * post 4 device-writable receive buffers of 64 bytes and poll for input:
- *   expect-input=1: wait (at most timeout= TSC cycles in total, default 2e9) for a line
+ *   expect-input=1: wait (at most timeout= TSC cycles in total, default 1e10) for a line
  *                   ending in '\n', transmit `console: got <line>` (again two descriptors:
  *                   the prefix and the line) and print `console: echoed N bytes` (N = line
  *                   length including the '\n').
@@ -111,7 +111,7 @@ static int receive(uint64_t cycles, int stop_at_nl, int *got_nl) {
 }
 
 int main(void) {
-    timeout = cmdline_u64("timeout", 2000000000ull);
+    timeout = cmdline_u64("timeout", 10000000000ull);
     uint64_t idle = cmdline_u64("idle", 100000000ull);
     int expect_input = cmdline_u64("expect-input", 0) != 0;
 

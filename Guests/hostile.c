@@ -12,7 +12,7 @@
  *   avail-jump       avail->idx moved by more than the queue size
  *   wrong-direction  rng: a device-readable buffer; blk: a device-writable request header
  *
- * Cmdline: only=<attack> runs one attack; timeout=<TSC cycles> bounds each wait (default 2e9).
+ * Cmdline: only=<attack> runs one attack; timeout=<TSC cycles> bounds each wait (default 1e10).
  * Exit 0: every attack handled. Exit 1: a device misbehaved (one line `hostile: <reason>`).
  * Exit 3: a device is missing. */
 #include "rt.h"
@@ -152,7 +152,7 @@ int main(void) {
     };
     char only[32];
     cmdline_str("only", "", only, sizeof only);
-    timeout = cmdline_u64("timeout", 2000000000ull);
+    timeout = cmdline_u64("timeout", 10000000000ull);
     if (vdev_find(rng.id, 0, &rng.dev, 0) || vdev_find(blk.id, 0, &blk.dev, 0)) {
         rt_puts("hostile: needs a virtio-rng and a virtio-blk device\n");
         return 3;

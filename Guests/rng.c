@@ -55,7 +55,7 @@ int main(void) {
         rt_printf("rng: unknown mode %s\n", mode);
         return 4;
     }
-    uint64_t timeout = cmdline_u64("timeout", (oob || loop) ? 500000000ull : 2000000000ull);
+    uint64_t timeout = cmdline_u64("timeout", (oob || loop) ? 500000000ull : 10000000000ull);
 
     struct vdev d;
     struct vdev_probe_stats st;

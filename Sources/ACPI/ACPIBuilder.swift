@@ -30,15 +30,19 @@ public enum ACPIBuilder {
     /// Lays out the tables of `platform` from guest-physical `base`: the RSDP first, then each table 16-byte aligned.
     ///
     /// At 0xE0000 the RSDP lies where ACPICA scans for it. The blob is 640 bytes for 1 vCPU and 2672 for 255; a PCI
-    /// host bridge adds about 300 bytes and each virtio-mmio device about 80, so it stays far below 0x100000.
+    /// host bridge adds about 2.3 KiB (most of it the `_PRT`'s 128 entries) and each virtio-mmio device about 80, so
+    /// it stays far below 0x100000.
     public static func build(_ platform: PlatformDescription, at base: UInt64) throws(ACPIError) -> ACPITableSet {
         guard (1...PlatformDescription.maxVCPUs).contains(platform.vcpuCount) else {
             throw .vcpuCount(platform.vcpuCount)
         }
         guard base % 16 == 0 else { throw .misalignedBase(base) }
         guard platform.virtioMMIO.count <= 0x1000 else { throw .tooManyVirtioMMIODevices(platform.virtioMMIO.count) }
-        if let bridge = platform.pciHostBridge, bridge.mmio32 == 0...UInt32.max || bridge.mmio64 == 0...UInt64.max {
-            throw .pciWindowTooLarge
+        if let bridge = platform.pciHostBridge {
+            if bridge.mmio32 == 0...UInt32.max || bridge.mmio64 == 0...UInt64.max { throw .pciWindowTooLarge }
+            let ecam = bridge.ecamRange
+            guard ecam.lowerBound < ecam.upperBound, ecam.upperBound <= 1 << 32 else { throw .ecamAbove4GiB(bridge.ecamBase) }
+            guard bridge.intxGSICount > 0 else { throw .noPCIInterruptGSIs }
         }
 
         // Only the RSDP, XSDT and FADT hold addresses, and their lengths are fixed: lay everything out, then fill them in.

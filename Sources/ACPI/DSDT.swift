@@ -4,7 +4,7 @@ enum DSDT {
     static func systemBus(_ platform: PlatformDescription) -> [UInt8] {
         var devices = [com1, keyboard]
         for (index, device) in platform.virtioMMIO.enumerated() { devices.append(virtioMMIO(device, index: index)) }
-        if let bridge = platform.pciHostBridge { devices.append(pciHostBridge(bridge)) }
+        if let bridge = platform.pciHostBridge { devices += [pciHostBridge(bridge), ecamReservation(bridge)] }
         return AML.scope("\\_SB_", devices)
     }
 
@@ -36,22 +36,52 @@ enum DSDT {
         ])
     }
 
-    /// A PCI Express root bridge: its buses, the config-mechanism ports and every other port, and both MMIO windows.
+    /// A PCI Express root bridge: its buses, the config-mechanism ports and every other port, its MMIO windows, and
+    /// the `_PRT` wiring its slots' INTx pins to GSIs.
     static func pciHostBridge(_ bridge: PCIHostBridge) -> [UInt8] {
-        AML.device("PCI0", [
+        var resources: [ResourceDescriptor] = [
+            .wordBusNumber(UInt16(bridge.busRange.lowerBound)...UInt16(bridge.busRange.upperBound)),
+            .io(base: 0xCF8, length: 8),
+            .wordIO(0x0000...0x0CF7),
+            .wordIO(0x0D00...0xFFFF),
+            .dwordMemory(bridge.mmio32),
+        ]
+        if let mmio64 = bridge.mmio64 { resources.append(.qwordMemory(mmio64)) }
+        return AML.device("PCI0", [
             AML.name("_HID", AML.eisaID("PNP0A08")),
             AML.name("_CID", AML.eisaID("PNP0A03")),
             AML.name("_SEG", AML.integer(0)),
             AML.name("_UID", AML.integer(0)),
             AML.name("_BBN", AML.integer(UInt64(bridge.busRange.lowerBound))),
             AML.name("_CCA", AML.integer(1)),
+            AML.name("_CRS", AML.resourceTemplate(resources)),
+            AML.name("_PRT", interruptRouting(bridge)),
+        ])
+    }
+
+    /// `_PRT` (ACPI 6.3 §6.2.13) in its GSI form: for each of the 32 slots and pins INTA–INTD (0–3), a package
+    /// `{ slot << 16 | 0xFFFF, pin, 0, GSI }` with the GSI `intxFirstGSI + (slot + pin) mod intxGSICount`.
+    static func interruptRouting(_ bridge: PCIHostBridge) -> [UInt8] {
+        AML.package((0..<UInt32(32)).flatMap { slot in
+            (0..<UInt32(4)).map { pin in
+                AML.package([
+                    AML.integer(UInt64(slot) << 16 | 0xFFFF),
+                    AML.integer(UInt64(pin)),
+                    AML.integer(0),
+                    AML.integer(UInt64(bridge.intxFirstGSI + (slot + pin) % bridge.intxGSICount)),
+                ])
+            }
+        })
+    }
+
+    /// The ECAM of the bridge's buses as a motherboard resource (`PNP0C02`), where Linux looks before trusting the
+    /// MCFG (PCI Firmware 3.2 §4.1.2).
+    static func ecamReservation(_ bridge: PCIHostBridge) -> [UInt8] {
+        let ecam = bridge.ecamRange
+        return AML.device("ECAM", [
+            AML.name("_HID", AML.eisaID("PNP0C02")),
             AML.name("_CRS", AML.resourceTemplate([
-                .wordBusNumber(UInt16(bridge.busRange.lowerBound)...UInt16(bridge.busRange.upperBound)),
-                .io(base: 0xCF8, length: 8),
-                .wordIO(0x0000...0x0CF7),
-                .wordIO(0x0D00...0xFFFF),
-                .dwordMemory(bridge.mmio32),
-                .qwordMemory(bridge.mmio64),
+                .memory32Fixed(base: UInt32(ecam.lowerBound), length: UInt32(ecam.upperBound - ecam.lowerBound)),
             ])),
         ])
     }

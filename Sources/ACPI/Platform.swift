@@ -38,22 +38,42 @@ public struct VirtioMMIODevice: Sendable, Equatable {
     }
 }
 
-/// A PCI Express host bridge on segment 0: its ECAM and the windows it forwards to its buses.
+/// A PCI Express host bridge on segment 0: its ECAM, the windows it forwards to its buses and how its slots' INTx
+/// pins reach the IOAPIC.
 public struct PCIHostBridge: Sendable, Equatable {
-    /// Address of bus 0's configuration space, as the MCFG states it even when `busRange` starts above 0.
+    /// Address of bus 0's configuration space, as the MCFG states it even when `busRange` starts above 0. The part
+    /// `busRange` covers must lie below 4 GiB: the DSDT reserves it as a motherboard resource with a 32-bit descriptor.
     public var ecamBase: UInt64
     /// Buses decoded below the bridge; the first is its `_BBN`.
     public var busRange: ClosedRange<UInt8>
     /// The 32-bit MMIO window for BARs.
     public var mmio32: ClosedRange<UInt32>
-    /// The 64-bit MMIO window for BARs.
-    public var mmio64: ClosedRange<UInt64>
+    /// The 64-bit MMIO window for BARs, if the bridge has one.
+    public var mmio64: ClosedRange<UInt64>?
+    /// The first IOAPIC input of the INTx wiring: pin `p` (INTA = 0) of slot `s` drives GSI
+    /// `intxFirstGSI + (s + p) mod intxGSICount`, as the `_PRT` states for all 32 slots of bus `busRange.lowerBound`.
+    public var intxFirstGSI: UInt32
+    /// How many consecutive IOAPIC inputs the INTx pins are spread over (at least 1).
+    public var intxGSICount: UInt32
 
-    public init(ecamBase: UInt64, busRange: ClosedRange<UInt8>, mmio32: ClosedRange<UInt32>, mmio64: ClosedRange<UInt64>) {
+    public init(
+        ecamBase: UInt64, busRange: ClosedRange<UInt8>, mmio32: ClosedRange<UInt32>, mmio64: ClosedRange<UInt64>? = nil,
+        intxFirstGSI: UInt32 = 16, intxGSICount: UInt32 = 8
+    ) {
         self.ecamBase = ecamBase
         self.busRange = busRange
         self.mmio32 = mmio32
         self.mmio64 = mmio64
+        self.intxFirstGSI = intxFirstGSI
+        self.intxGSICount = intxGSICount
+    }
+
+    /// The ECAM bytes of `busRange`: 1 MiB per bus, from `ecamBase` plus 1 MiB per bus below the first.
+    /// Empty when the range would pass the end of the address space.
+    var ecamRange: Range<UInt64> {
+        let (start, wrapped) = ecamBase.addingReportingOverflow(UInt64(busRange.lowerBound) << 20)
+        let (end, past) = start.addingReportingOverflow(UInt64(busRange.count) << 20)
+        return wrapped || past ? start..<start : start..<end
     }
 }
 
@@ -67,6 +87,10 @@ public enum ACPIError: Error, Equatable, CustomStringConvertible {
     case tooManyVirtioMMIODevices(Int)
     /// A PCI MMIO window spans its whole address space, so its size does not fit the descriptor.
     case pciWindowTooLarge
+    /// The PCI host bridge's ECAM does not lie below 4 GiB.
+    case ecamAbove4GiB(UInt64)
+    /// The PCI host bridge spreads its INTx pins over no GSIs.
+    case noPCIInterruptGSIs
 
     public var description: String {
         switch self {
@@ -78,6 +102,10 @@ public enum ACPIError: Error, Equatable, CustomStringConvertible {
             "\(count) virtio-mmio devices exceed the 4096 the DSDT can name"
         case .pciWindowTooLarge:
             "a PCI MMIO window cannot span its whole address space"
+        case .ecamAbove4GiB(let base):
+            "the PCI ECAM at 0x\(String(base, radix: 16)) must lie below 4 GiB"
+        case .noPCIInterruptGSIs:
+            "the PCI host bridge needs at least one GSI for its INTx pins"
         }
     }
 }

@@ -26,6 +26,34 @@ struct kvm_msrs *ckvm_msrs_alloc(uint32_t count) {
 
 struct kvm_msr_entry *ckvm_msrs_entries(struct kvm_msrs *msrs) { return msrs->entries; }
 
+size_t ckvm_irq_routing_size(uint32_t count) {
+    return sizeof(struct kvm_irq_routing) + count * sizeof(struct kvm_irq_routing_entry);
+}
+
+void ckvm_irq_routing_init(struct kvm_irq_routing *routing, uint32_t count) {
+    memset(routing, 0, ckvm_irq_routing_size(count));
+    routing->nr = count;
+}
+
+void ckvm_irq_routing_set_irqchip(struct kvm_irq_routing *routing, uint32_t index, uint32_t gsi, uint32_t irqchip,
+                                  uint32_t pin) {
+    struct kvm_irq_routing_entry *entry = &routing->entries[index];
+    entry->gsi = gsi;
+    entry->type = KVM_IRQ_ROUTING_IRQCHIP;
+    entry->u.irqchip.irqchip = irqchip;
+    entry->u.irqchip.pin = pin;
+}
+
+void ckvm_irq_routing_set_msi(struct kvm_irq_routing *routing, uint32_t index, uint32_t gsi, uint64_t address,
+                              uint32_t data) {
+    struct kvm_irq_routing_entry *entry = &routing->entries[index];
+    entry->gsi = gsi;
+    entry->type = KVM_IRQ_ROUTING_MSI;
+    entry->u.msi.address_lo = (uint32_t)address;
+    entry->u.msi.address_hi = (uint32_t)(address >> 32);
+    entry->u.msi.data = data;
+}
+
 int ckvm_kick_signal(void) { return SIGRTMIN; }
 
 static void kick_handler(int signal, siginfo_t *info, void *context) {

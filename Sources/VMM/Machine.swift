@@ -6,6 +6,7 @@ import Glibc
 import GuestMemory
 import KVM
 import Logging
+import PCI
 import Qcow2
 import Synchronization
 import Virtio
@@ -152,10 +153,19 @@ public final class Machine: Sendable {
         }
         if config.rng { specs.append(VirtioDeviceSpec(name: "virtio-rng", role: .other) { _ in Entropy(memory: memory) }) }
         self.backends = backends
-        let virtioSlots: [VirtioMMIODevice]
+        var virtioSlots: [VirtioMMIODevice] = []
+        var pciBridge: PCIHostBridge?
+        var pciPorts: PCIConfigurationPorts?
         let transports: [any VirtioTransport]
         ioThreads = try specs.map { _ throws(MachineError) in try IOThread() }
-        (virtioSlots, transports) = try Self.attachMMIO(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads, logger: logger)
+        switch config.virtioTransport {
+        case .mmio:
+            (virtioSlots, transports) = try Self.attachMMIO(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads,
+                                                           logger: logger)
+        case .pci:
+            let attached = try Self.attachPCI(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads, logger: logger)
+            (pciBridge, pciPorts, transports) = (attached.bridge, attached.ports, attached.transports)
+        }
         consoleTransport = zip(specs, transports).first { $0.0.role == .console }?.1
         mmioBus = mmio
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
@@ -166,7 +176,8 @@ public final class Machine: Sendable {
 
         let firmware: ACPITableSet
         do {
-            firmware = try ACPIBuilder.build(PlatformDescription(vcpuCount: config.cpus, virtioMMIO: virtioSlots), at: Self.acpiBase)
+            firmware = try ACPIBuilder.build(PlatformDescription(vcpuCount: config.cpus, virtioMMIO: virtioSlots,
+                                                                 pciHostBridge: pciBridge), at: Self.acpiBase)
             try memory.write(firmware.blob, at: firmware.baseAddress)
             try memory.write(MPTable.build(vcpuCount: config.cpus, at: Self.mpTableBase), at: Self.mpTableBase)
         } catch {
@@ -188,6 +199,7 @@ public final class Machine: Sendable {
         let control = control
         do {
             try ports.register(serial, base: Serial16550.com1Base, length: 8)
+            if let pciPorts { try ports.register(pciPorts, base: PCIConfigurationPorts.basePort, length: PCIConfigurationPorts.portCount) }
             try ports.register(I8042(onReset: { control.stop(.reset) }), base: I8042.dataPort, length: I8042.portSpan)
             try ports.register(DebugExit(onExit: { control.stop(.guestExit($0)) }), base: DebugExit.port, length: 1)
             let highMemory = memory.regions.dropFirst().reduce(UInt64(0)) { $0 + $1.size }

@@ -68,6 +68,31 @@ import Testing
         #expect(mcfg.contains("00000000B0000000"))
     }
 
+    @Test func ternPCIPlatformDisassemblesCleanly() throws {
+        let bridge = PCIHostBridge(ecamBase: 0xE000_0000, busRange: 0...0, mmio32: 0xC000_0000...0xDFFF_FFFF)
+        let listings = try disassemble(PlatformDescription(vcpuCount: 2, pciHostBridge: bridge))
+        let dsdt = try #require(listings["dsdt"])
+        let expected = [
+            "Device (PCI0)", "EisaId (\"PNP0A08\")", "EisaId (\"PNP0A03\")", "Name (_SEG, Zero)", "Name (_BBN, Zero)",
+            "0xC0000000,         // Range Minimum", "0xDFFFFFFF,         // Range Maximum",
+            "0x0CF8,             // Range Minimum", "0x0CF7,             // Range Maximum",
+            "Name (_PRT, Package (0x80)",
+            "Device (ECAM)", "EisaId (\"PNP0C02\")", "0xE0000000,         // Address Base",
+            "0x00100000,         // Address Length",
+        ]
+        for text in expected {
+            #expect(dsdt.contains(text), "\(text) missing from:\n\(dsdt)")
+        }
+        #expect(!dsdt.contains("QWordMemory"), "no 64-bit window was asked for")
+        // Slot 1's INTA goes to GSI 17, slot 31's INTD wraps round to GSI 18.
+        let compact = dsdt.filter { !$0.isWhitespace }
+        #expect(compact.contains("Package(0x04){0x0001FFFF,Zero,Zero,0x11}"))
+        #expect(compact.contains("Package(0x04){0x001FFFFF,0x03,Zero,0x12}"))
+        let mcfg = try #require(listings["mcfg"])
+        #expect(mcfg.contains("Base Address : 00000000E0000000"))
+        #expect(mcfg.contains("End Bus Number : 00"))
+    }
+
     @Test func largestPlatformDisassemblesCleanly() throws {
         let listings = try disassemble(PlatformDescription(vcpuCount: PlatformDescription.maxVCPUs))
         #expect(listings["apic"]?.contains("Local Apic ID : FE") == true)

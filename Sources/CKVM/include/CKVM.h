@@ -45,6 +45,9 @@ CKVM_REQUEST(KVM_GET_TSC_KHZ)
 CKVM_REQUEST(KVM_GET_VCPU_EVENTS)
 CKVM_REQUEST(KVM_IOEVENTFD)
 CKVM_REQUEST(KVM_SET_VCPU_EVENTS)
+CKVM_REQUEST(KVM_SET_GSI_ROUTING)
+CKVM_REQUEST(KVM_IRQFD)
+CKVM_REQUEST(KVM_SIGNAL_MSI)
 #undef CKVM_REQUEST
 
 /* Offset of the MMIO data bytes inside struct kvm_run (inside an anonymous union, which Swift cannot take offsets of). */
@@ -57,6 +60,16 @@ struct kvm_cpuid_entry2 *ckvm_cpuid2_entries(struct kvm_cpuid2 *cpuid);
 /* A kvm_msrs with room for `count` entries, allocated with calloc. Free with free(). */
 struct kvm_msrs *ckvm_msrs_alloc(uint32_t count);
 struct kvm_msr_entry *ckvm_msrs_entries(struct kvm_msrs *msrs);
+
+/* A kvm_irq_routing with `count` entries takes ckvm_irq_routing_size(count) bytes; ckvm_irq_routing_init zeroes
+ * such a buffer and sets its entry count, and the setters fill entry `index` (the buffer has no flexible-array
+ * or anonymous-union access Swift could use). */
+size_t ckvm_irq_routing_size(uint32_t count);
+void ckvm_irq_routing_init(struct kvm_irq_routing *routing, uint32_t count);
+void ckvm_irq_routing_set_irqchip(struct kvm_irq_routing *routing, uint32_t index, uint32_t gsi, uint32_t irqchip,
+                                  uint32_t pin);
+void ckvm_irq_routing_set_msi(struct kvm_irq_routing *routing, uint32_t index, uint32_t gsi, uint64_t address,
+                              uint32_t data);
 
 /* The signal used to kick vCPU threads out of KVM_RUN (SIGRTMIN). */
 int ckvm_kick_signal(void);
