@@ -26,8 +26,14 @@ let package = Package(
         // The virtio-mmio (version 2) transport: one VirtioDevice behind a register window on the MMIO bus.
         .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "GuestMemory"]),
         // VirtIO device models, transport-independent: block (virtio-blk), console (virtio-console), entropy (virtio-rng).
-        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory", "Qcow2", "Devices"]),
-        .testTarget(name: "VirtioDevicesTests", dependencies: ["VirtioDevices", "Virtio", "GuestMemory", "Qcow2"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory", "Qcow2", "Devices", "CKVM"]),
+        // Debian's libslirp (libslirp-dev), for user-mode networking.
+        .systemLibrary(name: "CSlirp", path: "Sources/CSlirp"),
+        // virtio-net host backends: a Linux tap and libslirp user-mode NAT; keeps the C library out of VirtioDevices.
+        .target(name: "NetBackends", dependencies: ["VirtioDevices", "Virtio", "CSlirp"]),
+        .testTarget(
+            name: "VirtioDevicesTests", dependencies: ["VirtioDevices", "Virtio", "GuestMemory", "Qcow2", "NetBackends", "VMM"]
+        ),
         // PCI platform: type-0 configuration spaces, BARs, MSI-X, the host bridge, ECAM and port 0xCF8 front ends.
         .target(name: "PCI", dependencies: ["Devices"]),
         // The modern virtio-pci transport: one VirtioDevice behind vendor capabilities, a 64-bit BAR and MSI-X.
@@ -56,7 +62,7 @@ let package = Package(
         .target(
             name: "VMM",
             dependencies: [
-                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "PCI", "Virtio", "VirtioMMIO", "VirtioPCI", "VirtioDevices", "Qcow2",
+                "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "PCI", "Virtio", "VirtioMMIO", "VirtioPCI", "VirtioDevices", "NetBackends", "Qcow2",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -106,6 +106,9 @@ pci blk      20 1   "^blk: wrote and verified 521 sectors on a 64 MiB disk (seri
 pci blk      20 1   "^blk: pattern verified on 521 sectors" "mode=check-pattern seed=3" -drive id=d0,file=$DISK,format=raw,if=none -device virtio-blk-pci,drive=d0,serial=tern0,disable-legacy=on
 pci console  20 1   "^console: sent" "" -chardev file,id=c0,path=$VC_DIR/pci -device virtio-serial-pci,disable-legacy=on -device virtconsole,chardev=c0
 check_vc "$VC_DIR/pci" "console: hello over virtio-console"
+# net: QEMU's user-mode network (slirp, as Tern's --net user) answers the guest's ARP and ping.
+run net      20 1   "^net: ok: ARP and ping to 10.0.2.2" "$RNG_CL" -global virtio-mmio.force-legacy=false -netdev user,id=n0 -device virtio-net-device,netdev=n0
+pci net      20 1   "net: ok: ARP and ping to 10.0.2.2" "" -netdev user,id=n0 -device virtio-net-pci,netdev=n0,disable-legacy=on
 # Triple fault: KVM_EXIT_SHUTDOWN; with -no-reboot QEMU exits 0.
 run crash    10 0   "crash: mode triple" "mode=triple"
 # Emulation failures: QEMU prints "KVM internal error" and then stays paused (timeout: 124).

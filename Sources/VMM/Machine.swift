@@ -6,6 +6,7 @@ import Glibc
 import GuestMemory
 import KVM
 import Logging
+import NetBackends
 import PCI
 import Qcow2
 import Synchronization
@@ -152,6 +153,26 @@ public final class Machine: Sendable {
             specs.append(VirtioDeviceSpec(name: "virtio-console", role: .console) { _ in Console(memory: memory, output: output) })
         }
         if config.rng { specs.append(VirtioDeviceSpec(name: "virtio-rng", role: .other) { _ in Entropy(memory: memory) }) }
+        for (index, net) in config.nets.enumerated() {
+            let backend: any NetBackend
+            do {
+                switch net.backend {
+                case .tap(let name): backend = try TapBackend(name: name)
+                case .user(let forwards):
+                    backend = try SlirpBackend(forwards: forwards) { [logger] line in logger.warning("virtio-net \(index): \(line)") }
+                }
+            } catch {
+                throw MachineError("--net \(net): \(error)")
+            }
+            let mac = net.macAddress(index: index)
+            specs.append(VirtioDeviceSpec(name: "virtio-net \(index)", role: .other) { watcher throws(MachineError) in
+                do {
+                    return try Net(memory: memory, backend: backend, watcher: watcher, mac: mac)
+                } catch {
+                    throw MachineError("--net \(net): \(error)")
+                }
+            })
+        }
         self.backends = backends
         var virtioSlots: [VirtioMMIODevice] = []
         var pciBridge: PCIHostBridge?

@@ -40,6 +40,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var virtioConsole: Bool
     /// The transport every VirtIO device sits on.
     public var virtioTransport: VirtioTransportKind
+    /// Network interfaces, each a virtio-net device.
+    public var nets: [NetSetting]
     /// A Unix socket to serve the VM's controls on (`ControlRequest`s: status, stop, balloon).
     public var apiSocket: String?
 
@@ -66,7 +68,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
                 kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = [],
-                virtioConsole: Bool = false, virtioTransport: VirtioTransportKind = .pci, apiSocket: String? = nil) {
+                virtioConsole: Bool = false, virtioTransport: VirtioTransportKind = .pci, nets: [NetSetting] = [],
+                apiSocket: String? = nil) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -83,11 +86,12 @@ public struct VMConfig: Equatable, Sendable, Codable {
         self.disks = disks
         self.virtioConsole = virtioConsole
         self.virtioTransport = virtioTransport
+        self.nets = nets
         self.apiSocket = apiSocket
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks
+        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
         case virtioConsole = "virtio_console", virtioTransport = "virtio_transport", apiSocket = "api_socket"
     }
@@ -122,6 +126,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
             disks: try container.decodeIfPresent([DiskSetting].self, forKey: .disks) ?? [],
             virtioConsole: try container.decodeIfPresent(Bool.self, forKey: .virtioConsole) ?? false,
             virtioTransport: try container.decodeIfPresent(VirtioTransportKind.self, forKey: .virtioTransport) ?? .pci,
+            nets: try container.decodeIfPresent([NetSetting].self, forKey: .nets) ?? [],
             apiSocket: try container.decodeIfPresent(String.self, forKey: .apiSocket))
     }
 

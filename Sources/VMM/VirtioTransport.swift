@@ -43,7 +43,7 @@ struct VirtioDeviceSpec {
     /// Names the device in log lines: "virtio-blk 0", "virtio-rng".
     let name: String
     let role: Role
-    let make: (any HostEventWatcher) -> any VirtioDevice
+    let make: (any HostEventWatcher) throws(MachineError) -> any VirtioDevice
 }
 
 extension Machine {
@@ -66,7 +66,7 @@ extension Machine {
             let reference = TransportReference()
             let watcher = ioThread.addDevice { token, events in reference.hostEvent(token: token, events: events) }
             let name = spec.name
-            let transport = VirtioMMIOTransport(device: spec.make(watcher), memory: memory,
+            let transport = VirtioMMIOTransport(device: try spec.make(watcher), memory: memory,
                                                 interrupt: KVMInterruptLine(vm: vm, gsi: slot.gsi),
                                                 debugLog: { [logger] line in logger.debug("\(name): \(line)") },
                                                 errorLog: { [logger] line in logger.warning("\(name): \(line)") })
@@ -172,7 +172,7 @@ extension Machine {
         for (index, (spec, ioThread)) in zip(specs, ioThreads).enumerated() {
             let reference = TransportReference()
             let watcher = ioThread.addDevice { token, events in reference.hostEvent(token: token, events: events) }
-            let device = spec.make(watcher)
+            let device = try spec.make(watcher)
             let barSize = VirtioPCITransport.barSize(for: device)
             guard barSize <= barStride else {
                 throw MachineError("\(spec.name): its BAR of \(barSize) bytes exceeds the \(barStride)-byte slot")

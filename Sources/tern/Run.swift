@@ -51,6 +51,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("A disk for the guest as virtio-blk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]. Repeatable.", valueName: "spec"))
     var disk: [String] = []
 
+    @Option(help: ArgumentHelp("A network interface as virtio-net: user[,hostfwd=tcp::2222-:22]...[,mac=MAC] (NAT through libslirp, no root needed) or tap=NAME[,mac=MAC]. Repeatable.", valueName: "spec"))
+    var net: [String] = []
+
     @Flag(name: .customLong("virtio-console"), help: "Give the guest a virtio-console (hvc0) on the console target; host input then goes to it instead of COM1.")
     var virtioConsole = false
 
@@ -118,6 +121,7 @@ struct Run: ParsableCommand {
         if rng { settings.rng = true }
         if virtioConsole { settings.virtioConsole = true }
         for spec in disk { settings.disks.append(try DiskSetting(parsing: spec)) }
+        for spec in net { settings.nets.append(try NetSetting.parse(spec)) }
         if hugePages { settings.hugePages = true }
         return settings
     }

@@ -1,0 +1,175 @@
+import GuestMemory
+import Synchronization
+import Virtio
+import VirtioDevices
+
+/// A backend in memory: records what the device sends and hands it queued frames.
+final class FakeNetBackend: NetBackend {
+    struct State {
+        var sent: [[UInt8]] = []
+        var incoming: [[UInt8]] = []
+        var blocked = false
+        var receiveOffloads: NetOffloads?
+        var reads = 0
+    }
+
+    let offloads: NetOffloads
+    let descriptor: Int32 = 42
+    let state = Mutex(State())
+
+    init(offloads: NetOffloads = []) { self.offloads = offloads }
+
+    func send(_ frame: UnsafeRawBufferPointer) throws(NetBackendError) {
+        let blocked = state.withLock { state in
+            if !state.blocked { state.sent.append(Array(frame)) }
+            return state.blocked
+        }
+        if blocked { throw .wouldBlock }
+    }
+
+    func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        let frame: [UInt8]? = state.withLock { state in
+            state.reads += 1
+            return state.incoming.isEmpty ? nil : state.incoming.removeFirst()
+        }
+        guard let frame else { return nil }
+        let count = min(frame.count, buffer.count)
+        buffer.copyBytes(from: frame[0..<count])
+        return count
+    }
+
+    func setReceiveOffloads(_ offloads: NetOffloads) { state.withLock { $0.receiveOffloads = offloads } }
+
+    func queue(_ frame: [UInt8]) { state.withLock { $0.incoming.append(frame) } }
+    var sent: [[UInt8]] { state.withLock { $0.sent } }
+    var waiting: Int { state.withLock { $0.incoming.count } }
+}
+
+/// Records what the network device asked to watch, in order.
+final class NetWatcher: HostEventWatcher {
+    let watched = Mutex<[(descriptor: Int32, token: UInt32)]>([])
+
+    func watch(_ descriptor: Int32, token: UInt32) throws(HostEventError) {
+        watched.withLock { $0.append((descriptor, token)) }
+    }
+
+    func unwatch(_ descriptor: Int32) { watched.withLock { $0.removeAll { $0.descriptor == descriptor } } }
+
+    /// The tokens watched, in order.
+    var tokens: [UInt32] { watched.withLock { $0.map(\.token) } }
+
+    /// The descriptor watched with `token`.
+    func descriptor(for token: UInt32) -> Int32? { watched.withLock { $0.first { $0.token == token }?.descriptor } }
+}
+
+/// A virtio-net device over a fake backend, activated over two 16-entry split queues in 16 MiB of guest RAM,
+/// driven the way a driver would.
+struct NetHarness {
+    static let queueSize: UInt16 = 16
+    /// Descriptor table, available ring and used ring of the receive and transmit queues.
+    static let rings: [(table: UInt64, available: UInt64, used: UInt64)] = [
+        (0x10_0000, 0x11_0000, 0x12_0000), (0x14_0000, 0x15_0000, 0x16_0000),
+    ]
+    static let indirectTable: UInt64 = 0x18_0000
+    static let mac = MACAddress.locallyAdministered(suffix: 0x12_3456)
+
+    let memory: GuestMemory
+    let backend: FakeNetBackend
+    let watcher = NetWatcher()
+    let interrupt = RecordingInterrupt()
+    var device: Net
+    private var nextDescriptor: [UInt16] = [0, 0]
+    private var availableIndex: [UInt16] = [0, 0]
+
+    /// A device over a backend with `offloads`, activated with every offered feature but `declined` unless
+    /// `activate` is false.
+    init(
+        offloads: NetOffloads = [], declined: VirtioFeatures = [], mtu: UInt16? = nil, activate: Bool = true
+    ) throws {
+        memory = try GuestMemory(size: 16 << 20)
+        backend = FakeNetBackend(offloads: offloads)
+        device = try Net(
+            memory: memory, backend: backend, watcher: watcher, mac: Self.mac, mtu: mtu, queueSize: Self.queueSize)
+        if activate { try self.activate(acknowledged: device.features.subtracting(declined)) }
+    }
+
+    /// Activates the device with `acknowledged` (default: every offered feature).
+    mutating func activate(acknowledged: VirtioFeatures? = nil) throws {
+        let features = acknowledged ?? device.features
+        let queues = try Self.rings.map { rings in
+            try SplitQueue(
+                memory: memory, size: Self.queueSize, descriptorTable: rings.table,
+                availableRing: rings.available, usedRing: rings.used, features: features)
+        }
+        try device.activate(features: features, queues: queues, interrupt: interrupt)
+    }
+
+    /// Makes `buffers` available on `queue` as one chain (direct, or through one indirect table).
+    mutating func publish(_ queue: Int, _ buffers: [Buffer], indirect: Bool = false) throws {
+        let rings = Self.rings[queue]
+        let head = nextDescriptor[queue] % Self.queueSize
+        func store(_ index: UInt16, _ buffer: Buffer, table: UInt64, next: UInt16?) throws {
+            let at = table + 16 * UInt64(index)
+            try memory.store(buffer.address, at: at)
+            try memory.store(buffer.length, at: at + 8)
+            try memory.store(UInt16((next == nil ? 0 : 1) | (buffer.isWrite ? 2 : 0)), at: at + 12)
+            try memory.store(next ?? 0, at: at + 14)
+        }
+        if indirect {
+            for (index, buffer) in buffers.enumerated() {
+                let index = UInt16(index)
+                try store(index, buffer, table: Self.indirectTable, next: index + 1 < buffers.count ? index + 1 : nil)
+            }
+            try memory.store(Self.indirectTable, at: rings.table + 16 * UInt64(head))
+            try memory.store(UInt32(16 * buffers.count), at: rings.table + 16 * UInt64(head) + 8)
+            try memory.store(UInt16(4), at: rings.table + 16 * UInt64(head) + 12)
+            nextDescriptor[queue] += 1
+        } else {
+            for (offset, buffer) in buffers.enumerated() {
+                let index = (head + UInt16(offset)) % Self.queueSize
+                let next = offset + 1 < buffers.count ? (index + 1) % Self.queueSize : nil
+                try store(index, buffer, table: rings.table, next: next)
+            }
+            nextDescriptor[queue] += UInt16(buffers.count)
+        }
+        let slot = availableIndex[queue] & (Self.queueSize - 1)
+        try memory.store(head, at: rings.available + 4 + 2 * UInt64(slot))
+        availableIndex[queue] &+= 1
+        try memory.store(availableIndex[queue], at: rings.available + 2)
+    }
+
+    /// Places `bytes` in guest memory at `address` and publishes them as one transmit chain split into pieces
+    /// of at most `split` bytes, then notifies the transmit queue.
+    mutating func transmit(_ bytes: [UInt8], at address: UInt64 = 0x20_0000, split: Int = Int.max) throws {
+        try memory.write(bytes, at: address)
+        let buffers = stride(from: 0, to: bytes.count, by: split).map { start in
+            Buffer(address: address + UInt64(start), length: UInt32(min(split, bytes.count - start)), isWrite: false)
+        }
+        try publish(Net.transmitQueue, buffers)
+        device.notify(queue: Net.transmitQueue)
+    }
+
+    /// used.idx of `queue`.
+    func usedIndex(_ queue: Int) throws -> UInt16 { try memory.load(at: Self.rings[queue].used + 2) }
+
+    /// Used element `index` of `queue`: the head and the written length.
+    func usedElement(_ queue: Int, _ index: UInt16) throws -> (head: UInt32, length: UInt32) {
+        let at = Self.rings[queue].used + 4 + 8 * UInt64(index & (Self.queueSize - 1))
+        return (try memory.load(at: at), try memory.load(at: at + 4))
+    }
+
+    /// Tells the device its backend has frames waiting.
+    mutating func backendReadable() {
+        device.hostEvent(token: Net.backendToken, events: [.readable, .writable])
+    }
+}
+
+/// A virtio-net header: flags, gso_type, then zeros with num_buffers.
+func netHeader(flags: UInt8 = 0, gso: UInt8 = 0, buffers: UInt16 = 0) -> [UInt8] {
+    [flags, gso, 0, 0, 0, 0, 0, 0, 0, 0, UInt8(truncatingIfNeeded: buffers), UInt8(truncatingIfNeeded: buffers >> 8)]
+}
+
+/// An Ethernet frame of `count` bytes: broadcast destination, then a pattern that differs with `seed`.
+func ethernetFrame(_ count: Int, seed: UInt8) -> [UInt8] {
+    [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF] + pattern(count - 6, seed: seed)
+}
