@@ -9,6 +9,10 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     case invalidSize(UInt64, reason: String)
     /// Creating or mapping the backing memory failed.
     case backingFailed(operation: String, errno: Int32)
+    /// A range to discard does not start and end on a 4 KiB page boundary.
+    case unaligned(address: UInt64, length: UInt64)
+    /// The host refused to release the pages of a range.
+    case discardFailed(address: UInt64, length: UInt64, errno: Int32)
 
     public var description: String {
         switch self {
@@ -18,6 +22,10 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
             return "guest memory size \(size) bytes: \(reason)"
         case .backingFailed(let operation, let errno):
             return "cannot back guest memory: \(operation): \(String(cString: strerror(errno)))"
+        case .unaligned(let address, let length):
+            return "guest address range 0x\(String(address, radix: 16))+0x\(String(length, radix: 16)) is not 4 KiB aligned"
+        case .discardFailed(let address, let length, let errno):
+            return "cannot discard guest range 0x\(String(address, radix: 16))+0x\(String(length, radix: 16)): \(String(cString: strerror(errno)))"
         }
     }
 }
@@ -188,6 +196,23 @@ public final class GuestMemory: Sendable {
             total += UInt64(vector.reduce(0) { $0 + Int($1 & 1) }) * page
         }
         return total
+    }
+
+    /// Size of the pages `discard(guestAddress:length:)` works in.
+    public static let discardPageSize: UInt64 = 4096
+
+    /// Gives the host back the pages of `[guestAddress, guestAddress + length)`, which must lie inside one region
+    /// and start and end on a 4 KiB boundary. The range is punched out of the memfd (MADV_REMOVE), so the host's
+    /// resident memory drops; the pages read as zero afterwards and are faulted in again when touched.
+    public func discard(guestAddress: UInt64, length: UInt64) throws(GuestMemoryError) {
+        guard guestAddress % Self.discardPageSize == 0, length % Self.discardPageSize == 0 else {
+            throw .unaligned(address: guestAddress, length: length)
+        }
+        let host = try pointer(at: guestAddress, length: length)
+        guard length > 0 else { return }
+        guard madvise(host, Int(length), MADV_REMOVE) == 0 else {
+            throw .discardFailed(address: guestAddress, length: length, errno: errno)
+        }
     }
 
     /// Zeroes `[address, address + length)`.

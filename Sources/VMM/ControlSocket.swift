@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import VirtioDevices
 
 /// One command on a VM's control socket: a JSON object on one line.
 ///
@@ -253,7 +254,39 @@ extension Machine {
 }
 
 extension Machine {
+    /// `balloon` sets the balloon's size; both commands report it with the guest's last statistics and ask the
+    /// guest for fresh ones.
     func balloonControl(_ request: ControlRequest) -> ControlResponse {
-        .failure("this VM has no balloon; start it with --balloon")
+        guard let balloon else { return .failure("this VM has no balloon; start it with --balloon") }
+        if request.command == "balloon" {
+            guard let text = request.target else { return .failure("balloon needs a target size, such as \"256M\"") }
+            let target: MemorySize
+            do {
+                target = try MemorySize(parsing: text)
+            } catch {
+                return .failure(error.description)
+            }
+            guard target.bytes <= config.memory.bytes else {
+                return .failure("balloon \(target) is larger than the guest's \(config.memory) of RAM")
+            }
+            balloon.setTarget(bytes: target.bytes)
+        }
+        balloon.requestStatistics()
+        return ControlResponse(ok: true, balloon: BalloonReport(targetBytes: balloon.targetBytes, actualBytes: balloon.actualBytes,
+                                                                statistics: balloon.latestStatistics?.named ?? [:]))
+    }
+}
+
+extension BalloonStatistics {
+    /// The reported values by the names the control socket uses (`free-memory`, `swap-in`, ...).
+    var named: [String: UInt64] {
+        var values: [String: UInt64] = [:]
+        for tag in Tag.allCases {
+            guard let value = self[tag] else { continue }
+            values[String(describing: tag).reduce(into: "") { name, character in
+                if character.isUppercase { name += "-" + character.lowercased() } else { name.append(character) }
+            }] = value
+        }
+        return values
     }
 }

@@ -58,6 +58,8 @@ public final class Machine: Sendable {
     let ioThreads: [IOThread]
     /// The disks' backends, flushed when the VM stops.
     let backends: [any BlockBackend]
+    /// The balloon, when the guest has one: the control socket resizes it and reads its statistics.
+    let balloon: Balloon?
     /// The virtio-console's transport, when the guest has one; it takes host input instead of the UART.
     let consoleTransport: (any VirtioTransport)?
 
@@ -153,6 +155,25 @@ public final class Machine: Sendable {
             specs.append(VirtioDeviceSpec(name: "virtio-console", role: .console) { _ in Console(memory: memory, output: output) })
         }
         if config.rng { specs.append(VirtioDeviceSpec(name: "virtio-rng", role: .other) { _ in Entropy(memory: memory) }) }
+        if let setting = config.vsock {
+            let backend: UnixSocketVsockBackend
+            do {
+                backend = try UnixSocketVsockBackend(path: setting.socketPath)
+            } catch {
+                throw MachineError("--vsock \(setting): \(error)")
+            }
+            specs.append(VirtioDeviceSpec(name: "virtio-vsock", role: .other) { watcher in
+                Vsock(memory: memory, guestCID: setting.guestCID, backend: backend, watcher: watcher)
+            })
+        }
+        var balloon: Balloon?
+        if let setting = config.balloon {
+            let device = Balloon(memory: memory, options: setting.options)
+            if let target = setting.target { device.setTarget(bytes: target.bytes) }
+            specs.append(VirtioDeviceSpec(name: "virtio-balloon", role: .other) { _ in device })
+            balloon = device
+        }
+        self.balloon = balloon
         for (index, net) in config.nets.enumerated() {
             let backend: any NetBackend
             do {

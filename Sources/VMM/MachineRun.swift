@@ -3,6 +3,7 @@ import Devices
 import Glibc
 import KVM
 import Logging
+import VirtioDevices
 import X86
 
 extension Machine {
@@ -66,7 +67,11 @@ extension Machine {
             }
         }
         for thread in ioThreads { thread.start() }
+        let statisticsTimer = config.balloon?.statisticsInterval.flatMap { interval in
+            balloon.flatMap { balloon in spawnThread { [self] in requestBalloonStatistics(balloon, every: interval) } }
+        }
         waitForStop(signalDescriptor: signalDescriptor)
+        if let statisticsTimer { pthread_join(statisticsTimer, nil) }
         controlServer?.stop()
         for thread in threads { pthread_join(thread, nil) }
         for thread in ioThreads { thread.stop() }
@@ -85,6 +90,16 @@ extension Machine {
             pthread_sigmask(SIG_UNBLOCK, &signals, nil)
         }
         return control.outcome ?? .failed("the VM stopped without a reason")
+    }
+
+    /// Asks the guest for fresh balloon statistics every `interval` seconds until the machine stops.
+    private func requestBalloonStatistics(_ balloon: Balloon, every interval: UInt32) {
+        var stopped = pollfd(fd: control.finished.descriptor, events: Int16(POLLIN), revents: 0)
+        while !control.isStopping {
+            let count = poll(&stopped, 1, Int32(interval) * 1000)
+            if count < 0 && errno != EINTR { return }
+            if count == 0 { balloon.requestStatistics() }
+        }
     }
 
     /// Blocks until the machine stops, turning host signals into a clean stop.

@@ -42,6 +42,10 @@ public struct VMConfig: Equatable, Sendable, Codable {
     public var virtioTransport: VirtioTransportKind
     /// Network interfaces, each a virtio-net device.
     public var nets: [NetSetting]
+    /// A virtio-vsock device whose host side is a Unix socket (Firecracker's scheme).
+    public var vsock: VsockSetting?
+    /// A virtio-balloon device, resizable through the control socket.
+    public var balloon: BalloonSetting?
     /// A Unix socket to serve the VM's controls on (`ControlRequest`s: status, stop, balloon).
     public var apiSocket: String?
 
@@ -69,7 +73,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
                 kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = [],
                 virtioConsole: Bool = false, virtioTransport: VirtioTransportKind = .pci, nets: [NetSetting] = [],
-                apiSocket: String? = nil) {
+                vsock: VsockSetting? = nil, balloon: BalloonSetting? = nil, apiSocket: String? = nil) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -87,11 +91,13 @@ public struct VMConfig: Equatable, Sendable, Codable {
         self.virtioConsole = virtioConsole
         self.virtioTransport = virtioTransport
         self.nets = nets
+        self.vsock = vsock
+        self.balloon = balloon
         self.apiSocket = apiSocket
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets
+        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets, vsock, balloon
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
         case virtioConsole = "virtio_console", virtioTransport = "virtio_transport", apiSocket = "api_socket"
     }
@@ -127,6 +133,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
             virtioConsole: try container.decodeIfPresent(Bool.self, forKey: .virtioConsole) ?? false,
             virtioTransport: try container.decodeIfPresent(VirtioTransportKind.self, forKey: .virtioTransport) ?? .pci,
             nets: try container.decodeIfPresent([NetSetting].self, forKey: .nets) ?? [],
+            vsock: try container.decodeIfPresent(VsockSetting.self, forKey: .vsock),
+            balloon: try container.decodeIfPresent(BalloonSetting.self, forKey: .balloon),
             apiSocket: try container.decodeIfPresent(String.self, forKey: .apiSocket))
     }
 
@@ -161,5 +169,6 @@ public struct VMConfig: Equatable, Sendable, Codable {
             throw ConfigError("pin list '\(pin)' has \(pin.sets.count) entries for \(cpus) vCPUs; give exactly one core or set per vCPU")
         }
         guard memory.bytes % 4096 == 0 else { throw ConfigError("--memory \(memory) is not a multiple of 4 KiB") }
+        try balloon?.validate(memory: memory)
     }
 }

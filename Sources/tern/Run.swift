@@ -54,6 +54,12 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("A network interface as virtio-net: user[,hostfwd=tcp::2222-:22]...[,mac=MAC] (NAT through libslirp, no root needed) or tap=NAME[,mac=MAC]. Repeatable.", valueName: "spec"))
     var net: [String] = []
 
+    @Option(help: ArgumentHelp("A virtio-vsock device: cid=N,uds=PATH. The host connects to PATH and sends \"CONNECT <port>\\n\"; the guest's connections to host port P go to PATH_P (Firecracker's scheme).", valueName: "spec"))
+    var vsock: String?
+
+    @Option(help: ArgumentHelp("A virtio-balloon device: on, or [target=SIZE][,deflate-on-oom=on][,stats-interval=SECONDS][,free-page-reporting=on]. Resize it with `tern control`.", valueName: "spec"))
+    var balloon: String?
+
     @Flag(name: .customLong("virtio-console"), help: "Give the guest a virtio-console (hvc0) on the console target; host input then goes to it instead of COM1.")
     var virtioConsole = false
 
@@ -122,6 +128,8 @@ struct Run: ParsableCommand {
         if virtioConsole { settings.virtioConsole = true }
         for spec in disk { settings.disks.append(try DiskSetting(parsing: spec)) }
         for spec in net { settings.nets.append(try NetSetting.parse(spec)) }
+        if let vsock { settings.vsock = try VsockSetting.parse(vsock) }
+        if let balloon { settings.balloon = try BalloonSetting.parse(balloon == "on" ? "" : balloon) }
         if hugePages { settings.hugePages = true }
         return settings
     }
