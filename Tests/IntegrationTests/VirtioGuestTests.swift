@@ -149,8 +149,8 @@ import VMM
     }
 }
 
-/// The `hostile` guest attacks a virtio-rng and a virtio-blk device with malformed queues, one attack at a time: each
-/// attacked device must go to DEVICE_NEEDS_RESET, the other must keep serving, and a reset must bring it back.
+/// The `hostile` guest attacks every VirtIO device with malformed queues, one attack at a time: each attacked device
+/// must go to DEVICE_NEEDS_RESET, every other device must keep serving, and a reset must bring the attacked one back.
 @Suite(.serialized) struct HostileGuestTests {
     @Test(arguments: VirtioTransportKind.allCases)
     func everyAttackBreaksOnlyTheAttackedDevice(transport: VirtioTransportKind) throws {
@@ -159,12 +159,14 @@ import VMM
         try #require(fd >= 0 && ftruncate(fd, 1 << 20) == 0)
         close(fd)
         defer { unlink(path) }
-        let run = try boot(VMConfig(kernel: Repository.guest("hostile"), rng: true, disks: [DiskSetting(path: path)],
-                                    virtioTransport: transport))
+        let config = try VMConfig(kernel: Repository.guest("hostile"), rng: true, disks: [DiskSetting(path: path)],
+                                  virtioConsole: true, virtioTransport: transport, nets: [NetSetting.parse("user")],
+                                  vsock: VsockSetting(guestCID: 3, socketPath: "/tmp/tern-hostile-\(getpid()).sock"))
+        let run = try boot(config)
         #expect(run.outcome == .guestExit(0), "output: \(run.output)")
-        #expect(run.output.contains("hostile: 14 attacks, each device reset itself and the other kept working"))
+        #expect(run.output.contains("hostile: 35 attacks on 5 devices, each device reset itself and the others kept working"))
         for attack in ["loop", "out-of-ram", "oversized", "bad-head", "bad-next", "avail-jump", "wrong-direction"] {
-            for device in ["virtio-rng", "virtio-blk"] {
+            for device in ["virtio-rng", "virtio-blk", "virtio-console", "virtio-net", "virtio-vsock"] {
                 #expect(run.output.contains("hostile: \(device) \(attack): DEVICE_NEEDS_RESET"), "\(device) \(attack)")
             }
         }
