@@ -52,14 +52,38 @@ import VMM
         return (machine, console.text, outcome)
     }
 
+    /// Every VirtIO device Tern has, on virtio-pci: a disk, a network interface, vsock, a balloon and an entropy
+    /// source at 00:01.0 through 00:05.0, with their PCI device IDs (0x1040 + VirtIO type).
+    static func virtioDevices(disk: String) throws -> (config: (inout VMConfig) -> Void, functions: [(slot: Int, id: String)]) {
+        let net = try NetSetting.parse("user")
+        let vsock = VsockSetting(guestCID: 3, socketPath: "/tmp/tern-linux-test-\(getpid()).vsock")
+        let configure: (inout VMConfig) -> Void = { config in
+            config.disks = [DiskSetting(path: disk)]
+            config.rng = true
+            config.nets = [net]
+            config.vsock = vsock
+            config.balloon = BalloonSetting()
+        }
+        // Order of creation: disks, console, rng, vsock, balloon, nets.
+        return (configure, [(1, "1af4:1042"), (2, "1af4:1044"), (3, "1af4:1053"), (4, "1af4:1045"), (5, "1af4:1041")])
+    }
+
     @Test func stockKernelShowsTheBootMilestones() throws {
         let kernel = try Self.debianKernel()
         let initrd = try Self.initramfs(for: kernel.release)
         defer { unlink(initrd) }
-        let config = VMConfig(kernel: kernel.path, initrd: initrd, cmdline: "console=ttyS0 reboot=t panic=-1 tern.test=milestones",
+        let disk = "/tmp/tern-linux-test-\(getpid()).img"
+        let fd = open(disk, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        try #require(fd >= 0 && ftruncate(fd, 16 << 20) == 0)
+        close(fd)
+        defer { unlink(disk) }
+        var config = VMConfig(kernel: kernel.path, initrd: initrd, cmdline: "console=ttyS0 reboot=t panic=-1 tern.test=milestones",
                               memory: MemorySize(bytes: 512 << 20), cpus: 2)
+        let devices = try Self.virtioDevices(disk: disk)
+        devices.config(&config)
+        let lastFunction = "pci 0000:00:0\(devices.functions.count).0: BAR 0"
         let (machine, output, outcome) = try Self.bootUntil(config, seconds: Self.milestoneBudget) { text in
-            text.contains("smpboot: Allowing") && text.contains("RAMDISK:") && text.contains("ACPI: DSDT")
+            text.contains("smpboot: Allowing") && text.contains("RAMDISK:") && text.contains("ACPI: DSDT") && text.contains(lastFunction)
         }
         let plan = machine.plan
         #expect(output.contains("Linux version \(kernel.release)"), "outcome \(outcome); console:\n\(output.suffix(2000))")
@@ -70,13 +94,49 @@ import VMM
             #expect(output.contains("BIOS-e820: [mem \(hex16(entry.address))-\(hex16(entry.address + entry.size - 1))] \(kind)"))
         }
         #expect(output.contains("ACPI: RSDP 0x00000000000E0000"))
-        for table in ["XSDT", "FACP", "APIC", "DSDT"] {
+        for table in ["XSDT", "FACP", "APIC", "DSDT", "MCFG"] {
             #expect(output.contains("ACPI: \(table) 0x00000000000E0"), "ACPI table \(table) not reported")
         }
         #expect(output.contains("smpboot: Allowing 2 CPUs"))
         let initrdPlacement = try #require(plan.initrd)
         let end = ((initrdPlacement.address + initrdPlacement.size + 0xFFF) & ~0xFFF) - 1
         #expect(output.contains("RAMDISK: [mem 0x\(hex8(initrdPlacement.address))-0x\(hex8(end))]"))
+        // Linux's PCI core finds the host bridge through ACPI, uses the ECAM the MCFG names, and enumerates every
+        // virtio-pci function with the BAR Tern assigned. (Drivers bind once init loads their modules, which the
+        // stock kernel reaches only with hardware virtualisation: see virtioDriversBind.)
+        #expect(output.contains("PCI: MMCONFIG at [mem 0xe0000000-0xe00fffff] reserved in ACPI motherboard resources"))
+        #expect(output.contains("ACPI: PCI Root Bridge [PCI0] (domain 0000 [bus 00])"))
+        #expect(output.contains("pci_bus 0000:00: root bus resource [mem 0xc0000000-0xdfffffff window]"))
+        for (slot, id) in devices.functions {
+            #expect(output.contains("pci 0000:00:0\(slot).0: [\(id)] type 00"), "function 00:0\(slot).0 \(id) not enumerated")
+            let bar = 0xC000_0000 + UInt64(slot - 1) << 20
+            #expect(output.contains("pci 0000:00:0\(slot).0: BAR 0 [mem 0x\(hex8(bar))-0x\(hex8(bar + 0x3FFF)) 64bit]"))
+        }
+    }
+
+    /// With hardware virtualisation the kernel reaches init, which loads the virtio modules: the stock drivers bind
+    /// to every device over virtio-pci, and the command run by init lists them.
+    @Test(.enabled(if: !LinuxBootTests.softwareVirtualization,
+                   "this host's KVM runs guest ring 0 in software (kvm_pvm), where the stock kernel does not reach init to load drivers"))
+    func virtioDriversBind() throws {
+        let kernel = try Self.debianKernel()
+        let initrd = try Self.initramfs(for: kernel.release)
+        defer { unlink(initrd) }
+        let disk = "/tmp/tern-linux-drivers-\(getpid()).img"
+        let fd = open(disk, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        try #require(fd >= 0 && ftruncate(fd, 16 << 20) == 0)
+        close(fd)
+        defer { unlink(disk) }
+        let drivers = ["virtio_blk", "virtio_net", "virtio_rng", "virtio_balloon", "vmw_vsock_virtio_transport"]
+        let script = "for d in \(drivers.joined(separator: " ")); do ls /sys/bus/virtio/drivers/$d | grep -q virtio && echo bound:$d; done"
+        var config = VMConfig(kernel: kernel.path, initrd: initrd, cmdline: "console=ttyS0 reboot=t panic=-1 -- sh -c \"\(script)\"",
+                              memory: MemorySize(bytes: 512 << 20), cpus: 2)
+        try Self.virtioDevices(disk: disk).config(&config)
+        let (_, output, outcome) = try Self.bootUntil(config, seconds: 120) { _ in false }
+        #expect(outcome == .guestExit(0), "console:\n\(output.suffix(3000))")
+        for driver in drivers {
+            #expect(output.contains("bound:\(driver)"), "\(driver) did not bind")
+        }
     }
 
     /// `tern exec -- uname -r` end to end. It needs the kernel to reach init: with hardware virtualisation it
