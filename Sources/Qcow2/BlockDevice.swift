@@ -82,6 +82,30 @@ extension FileIO {
 @_silgen_name("fallocate")
 func c_fallocate(_ fd: Int32, _ mode: Int32, _ offset: off_t, _ len: off_t) -> Int32
 
+/// A POSIX read-write lock: many holders of the shared side, or one of the exclusive side.
+final class ReadWriteLock: @unchecked Sendable {
+    private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+
+    init() { pthread_rwlock_init(lock, nil) }
+
+    deinit {
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+
+    func withSharedLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+
+    func withExclusiveLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+}
+
 /// How an image file uses the host's page cache.
 public enum CacheMode: String, Sendable, Codable, CaseIterable {
     /// Through the page cache (buffered I/O); a guest flush makes writes durable with fdatasync.
@@ -94,8 +118,8 @@ public enum CacheMode: String, Sendable, Codable, CaseIterable {
 ///
 /// With `CacheMode.none` the file is opened with O_DIRECT, which wants buffer addresses, offsets and lengths
 /// aligned to `directAlignment`. Aligned requests go straight through; others bounce through an aligned buffer
-/// (read-modify-write for writes, the file's size kept as a buffered write would leave it). Writes are
-/// serialised so that a read-modify-write never races another write to the same block.
+/// (read-modify-write for writes, the file's size kept as a buffered write would leave it). Aligned writes run
+/// concurrently; a read-modify-write excludes every other write, so that none lands inside it.
 public final class PosixFile: FileIO {
     public let fd: Int32
     public let path: String
@@ -107,6 +131,9 @@ public final class PosixFile: FileIO {
     static let bounceSize = 1 << 20
     /// The aligned buffer unaligned O_DIRECT requests go through (empty with the page cache).
     private let bounce: Mutex<UnsafeMutableRawBufferPointer>
+    /// O_DIRECT writes: aligned ones share it, a read-modify-write holds it alone so that no write to its blocks
+    /// lands between its read and its write.
+    private let writeOrder = ReadWriteLock()
     /// O_DIRECT, which Glibc's Swift overlay does not export.
     #if arch(arm64)
     static let directFlag: Int32 = 0o200000
@@ -164,8 +191,15 @@ public final class PosixFile: FileIO {
     public func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
         guard buffer.count > 0 else { return }
         guard cache == .none else { return try writeFully(buffer, at: offset) }
+        if Self.isAligned(buffer, offset) {
+            return try writeOrder.withSharedLock { () throws(DiskError) in try writeFully(buffer, at: offset) }
+        }
+        try writeOrder.withExclusiveLock { () throws(DiskError) in try readModifyWrite(buffer, at: offset) }
+    }
+
+    /// An unaligned O_DIRECT write: whole blocks read, patched and written back through the bounce buffer.
+    private func readModifyWrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
         try bounce.withLock { (bounce: inout UnsafeMutableRawBufferPointer) throws(DiskError) in
-            if Self.isAligned(buffer, offset) { return try writeFully(buffer, at: offset) }
             let sizeBefore = try size()
             try bounced(buffer.count, at: offset, through: bounce) { chunk, start, range throws(DiskError) in
                 try readFully(chunk, at: start)

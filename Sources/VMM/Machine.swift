@@ -38,6 +38,8 @@ public final class Machine: Sendable {
     static let virtioMMIOBase: UInt32 = 0xFEB0_0000
     static let virtioMMIOStride: UInt32 = 0x200
     static let virtioFirstGSI: UInt32 = 16
+    /// I/O threads per disk with `cache=none`, each keeping one request in flight on the medium.
+    static let directIOWorkers = 16
     /// Inputs of KVM's in-kernel IOAPIC.
     static let ioapicInputs: UInt32 = 24
 
@@ -148,7 +150,9 @@ public final class Machine: Sendable {
             backends.append(backend)
             let serial = disk.serial ?? "tern-disk\(index)"
             specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)", role: .disk) { _ in
-                Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial)
+                // O_DIRECT requests wait on the medium: keep the guest's queue depth in flight there.
+                Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial,
+                      ioWorkers: disk.cache == .none ? Self.directIOWorkers : 0)
             })
         }
         if config.virtioConsole {

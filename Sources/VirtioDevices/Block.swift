@@ -11,6 +11,9 @@ import Virtio
 /// buffer directions, unsupported type, backend failure) completes with IOERR or UNSUPP and the queue goes on.
 ///
 /// A notification handles at most one queue's worth of chains; chains left over wait for the next notification.
+/// With I/O workers (`ioWorkers` > 0, for backends on slow media such as O_DIRECT on a disk) the reads and writes
+/// of one pass go to the backend together, in parallel, and complete when all are done; other requests wait for
+/// the reads and writes before them. Without, each request runs in turn on the calling thread.
 public struct Block: VirtioDevice {
     /// Device-specific feature bits (VIRTIO 1.2 §5.2.3).
     public enum Feature {
@@ -70,6 +73,8 @@ public struct Block: VirtioDevice {
     private var queue: SplitQueue?
     private var interrupt: (any InterruptSignal)?
     private var chain: DescriptorChain
+    /// The pass's reads and writes, when the device has I/O workers.
+    private let batch: BlockIOBatch?
 
     /// Why a request could not complete normally.
     private enum Failure: Error {
@@ -80,8 +85,12 @@ public struct Block: VirtioDevice {
     }
 
     /// A block device backed by `backend`; `serial` is truncated to 20 bytes of UTF-8. The queue holds up to
-    /// `queueSize` descriptors, a power of two of at least 4.
-    public init(memory: GuestMemory, backend: any BlockBackend, readOnly: Bool, serial: String, queueSize: UInt16 = 256) {
+    /// `queueSize` descriptors, a power of two of at least 4. `ioWorkers` threads (none by default) carry out
+    /// reads and writes in parallel; should they fail to start, requests run on the calling thread.
+    public init(
+        memory: GuestMemory, backend: any BlockBackend, readOnly: Bool, serial: String, queueSize: UInt16 = 256,
+        ioWorkers: Int = 0
+    ) {
         precondition(
             queueSize >= 4 && queueSize <= SplitQueue.maximumSize && queueSize & (queueSize - 1) == 0,
             "queue size \(queueSize) is not a power of two between 4 and \(SplitQueue.maximumSize)"
@@ -95,6 +104,9 @@ public struct Block: VirtioDevice {
         self.serial = bytes
         capacity = backend.virtualSize / Self.sectorSize
         chain = DescriptorChain(capacity: Int(queueSize))
+        batch = ioWorkers > 0
+            ? BlockIOPool(threads: ioWorkers, backend: backend).map { BlockIOBatch(pool: $0, capacity: 2 * Int(queueSize)) }
+            : nil
     }
 
     public var deviceType: VirtioDeviceType { .block }
@@ -163,8 +175,9 @@ public struct Block: VirtioDevice {
                 while budget > 0, try queue.nextChain(into: &chain) {
                     let status: UInt8
                     var written: UInt32 = 0
+                    var queued = false
                     do throws(Failure) {
-                        try execute(written: &written)
+                        queued = try execute(written: &written, queue: &queue)
                         status = Status.ok
                     } catch {
                         switch error {
@@ -179,10 +192,15 @@ public struct Block: VirtioDevice {
                         fail(interrupt, "chain \(chain.head): status byte outside guest RAM")
                         return
                     }
-                    pointer.storeBytes(of: status, as: UInt8.self)
-                    queue.addUsed(head: chain.head, length: written + 1)
+                    if queued, let batch {
+                        batch.endRequest(head: chain.head, status: pointer, written: written)
+                    } else {
+                        pointer.storeBytes(of: status, as: UInt8.self)
+                        queue.addUsed(head: chain.head, length: written + 1)
+                    }
                     budget -= 1
                 }
+                runBatch(&queue)
                 if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
                 pending = queue.enableNotifications()
             } while pending && budget > 0
@@ -196,20 +214,29 @@ public struct Block: VirtioDevice {
     }
 
     public mutating func reset() {
+        batch?.discardAll()
         queue = nil
         interrupt = nil
         negotiated = []
     }
 
+    /// Carries out the queued reads and writes and completes their requests.
+    private func runBatch(_ queue: inout SplitQueue) {
+        guard let batch, !batch.isEmpty else { return }
+        batch.run(completingOn: &queue, okStatus: Status.ok, errorStatus: Status.ioError)
+    }
+
     /// Drops the queue and asks the driver for a reset.
     private mutating func fail(_ interrupt: any InterruptSignal, _ reason: String) {
+        batch?.discardAll()
         queue = nil
         interrupt.signalNeedsReset(reason: "virtio-blk: \(reason)")
     }
 
     /// Carries out the request in `chain`, adding the data bytes written into guest buffers to `written`.
-    /// Returns normally for status OK.
-    private func execute(written: inout UInt32) throws(Failure) {
+    /// Returns normally for status OK: true when the request's reads or writes wait in `batch` (which then
+    /// completes it), false when it is done. Requests other than reads and writes first finish the batch.
+    private func execute(written: inout UInt32, queue: inout SplitQueue) throws(Failure) -> Bool {
         guard chain.count > chain.readableCount, chain[chain.count - 1].length > 0 else {
             throw .ring("no device-writable status byte")
         }
@@ -222,6 +249,13 @@ public struct Block: VirtioDevice {
         // Data the driver supplies after the header, and room it gives before the status byte.
         let dataOut = chain.readableLength - Self.headerLength
         let dataIn = chain.writableLength - 1
+        if let batch {
+            if type == RequestType.read || type == RequestType.write {
+                if !batch.hasRoom(for: chain.count) { runBatch(&queue) }
+            } else {
+                runBatch(&queue)
+            }
+        }
 
         switch type {
         case RequestType.read:
@@ -229,6 +263,19 @@ public struct Block: VirtioDevice {
                 throw .status(Status.ioError)
             }
             let base = sector * Self.sectorSize
+            if let batch {
+                batch.beginRequest()
+                do {
+                    try forEachPiece(writable: true, skip: 0, count: dataIn) { (piece, at) throws(Failure) in
+                        batch.add(BlockIOOperation(isWrite: false, buffer: piece.baseAddress!, length: piece.count, offset: base + at))
+                        written += UInt32(piece.count)
+                    }
+                } catch {
+                    batch.abandonRequest()
+                    throw error
+                }
+                return true
+            }
             try forEachPiece(writable: true, skip: 0, count: dataIn) { (piece, at) throws(Failure) in
                 do { try backend.read(at: base + at, into: piece) } catch { throw .status(Status.ioError) }
                 written += UInt32(piece.count)
@@ -238,6 +285,18 @@ public struct Block: VirtioDevice {
                 !isReadOnly
             else { throw .status(Status.ioError) }
             let base = sector * Self.sectorSize
+            if let batch {
+                batch.beginRequest()
+                do {
+                    try forEachPiece(writable: false, skip: Self.headerLength, count: dataOut) { (piece, at) throws(Failure) in
+                        batch.add(BlockIOOperation(isWrite: true, buffer: piece.baseAddress!, length: piece.count, offset: base + at))
+                    }
+                } catch {
+                    batch.abandonRequest()
+                    throw error
+                }
+                return true
+            }
             try forEachPiece(writable: false, skip: Self.headerLength, count: dataOut) { (piece, at) throws(Failure) in
                 do { try backend.write(at: base + at, from: UnsafeRawBufferPointer(piece)) } catch {
                     throw .status(Status.ioError)
@@ -280,6 +339,7 @@ public struct Block: VirtioDevice {
         default:
             throw .status(Status.unsupported)
         }
+        return false
     }
 
     /// Whether `sectors` sectors from `sector` lie within the device (overflow-safe).

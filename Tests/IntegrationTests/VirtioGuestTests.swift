@@ -154,14 +154,14 @@ import VMM
 @Suite(.serialized) struct HostileGuestTests {
     @Test(arguments: VirtioTransportKind.allCases)
     func everyAttackBreaksOnlyTheAttackedDevice(transport: VirtioTransportKind) throws {
-        let path = "/tmp/tern-hostile-\(getpid()).img"
+        let path = "/tmp/tern-hostile-\(getpid())-\(transport).img"
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         try #require(fd >= 0 && ftruncate(fd, 1 << 20) == 0)
         close(fd)
         defer { unlink(path) }
         let config = try VMConfig(kernel: Repository.guest("hostile"), rng: true, disks: [DiskSetting(path: path)],
                                   virtioConsole: true, virtioTransport: transport, nets: [NetSetting.parse("user")],
-                                  vsock: VsockSetting(guestCID: 3, socketPath: "/tmp/tern-hostile-\(getpid()).sock"))
+                                  vsock: VsockSetting(guestCID: 3, socketPath: "/tmp/tern-hostile-\(getpid())-\(transport).sock"))
         let run = try boot(config)
         #expect(run.outcome == .guestExit(0), "output: \(run.output)")
         #expect(run.output.contains("hostile: 35 attacks on 5 devices, each device reset itself and the others kept working"))

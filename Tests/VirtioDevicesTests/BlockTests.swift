@@ -52,8 +52,8 @@ private let sector = 512
         #expect(roBytes[0..<8] == [0, 8, 0, 0, 0, 0, 0, 0])
     }
 
-    @Test(arguments: BackendKind.allCases) func writeThenRead(kind: BackendKind) throws {
-        var harness = try Harness(kind)
+    @Test(arguments: BackendKind.allCases, [0, 3]) func writeThenRead(kind: BackendKind, ioWorkers: Int) throws {
+        var harness = try Harness(kind, ioWorkers: ioWorkers)
         let data = pattern(8 * sector, seed: 7)
         let write = try harness.request(Block.RequestType.write, sector: 3, out: data, split: 700)
         #expect(write.status == Block.Status.ok)
@@ -87,8 +87,8 @@ private let sector = 512
         #expect(try harness.memory.load(UInt8.self, at: Harness.inAddress + UInt64(sector)) == Block.Status.ok)
     }
 
-    @Test(arguments: BackendKind.allCases) func flushAndGetID(kind: BackendKind) throws {
-        var harness = try Harness(kind)
+    @Test(arguments: BackendKind.allCases, [0, 3]) func flushAndGetID(kind: BackendKind, ioWorkers: Int) throws {
+        var harness = try Harness(kind, ioWorkers: ioWorkers)
         let flush = try harness.request(Block.RequestType.flush)
         #expect(flush.status == Block.Status.ok)
         #expect(flush.used == 1)
@@ -181,8 +181,8 @@ private let sector = 512
         #expect(try harness.request(Block.RequestType.flush).status == Block.Status.ok)
     }
 
-    @Test func semanticErrorsKeepTheQueueGoing() throws {
-        var harness = try Harness(.raw)
+    @Test(arguments: [0, 3]) func semanticErrorsKeepTheQueueGoing(ioWorkers: Int) throws {
+        var harness = try Harness(.raw, ioWorkers: ioWorkers)
         let capacity = harness.device.capacity
         let cases: [(UInt32, UInt64, [UInt8], Int, UInt8)] = [
             (Block.RequestType.read, capacity - 1, [], 2 * sector, Block.Status.ioError),  // past the end
@@ -203,7 +203,7 @@ private let sector = 512
         #expect(!harness.interrupt.needsReset)
     }
 
-    @Test func malformedChainsNeedReset() throws {
+    @Test(arguments: [0, 3]) func malformedChainsNeedReset(ioWorkers: Int) throws {
         let header = Buffer(address: Harness.headerAddress, length: 16, isWrite: false)
         let status = Buffer(address: Harness.statusAddress, length: 1, isWrite: true)
         let chains: [[Buffer]] = [
@@ -214,7 +214,7 @@ private let sector = 512
             [header, Buffer(address: 0xFFFF_0000_0000, length: 512, isWrite: true), status],  // outside RAM
         ]
         for buffers in chains {
-            var harness = try Harness(.raw)
+            var harness = try Harness(.raw, ioWorkers: ioWorkers)
             try harness.memory.store(Block.RequestType.read, at: Harness.headerAddress)
             #expect(try harness.submit(buffers) == nil)
             #expect(harness.interrupt.needsReset)
@@ -223,8 +223,8 @@ private let sector = 512
         }
     }
 
-    @Test func backendErrorsAreIOErrors() throws {
-        var harness = try Harness(backend: FailingBackend())
+    @Test(arguments: [0, 3]) func backendErrorsAreIOErrors(ioWorkers: Int) throws {
+        var harness = try Harness(backend: FailingBackend(), ioWorkers: ioWorkers)
         #expect(try harness.request(Block.RequestType.read, inLength: sector).status == Block.Status.ioError)
         #expect(try harness.request(Block.RequestType.write, out: pattern(sector, seed: 2)).status == Block.Status.ioError)
         #expect(try harness.request(Block.RequestType.flush).status == Block.Status.ioError)

@@ -74,16 +74,18 @@ struct Harness {
 
     /// A device over a fresh disk of `kind`; `acknowledged` defaults to every offered feature.
     init(
-        _ kind: BackendKind, size: UInt64 = 1 << 20, readOnly: Bool = false, acknowledged: VirtioFeatures? = nil
+        _ kind: BackendKind, size: UInt64 = 1 << 20, readOnly: Bool = false, acknowledged: VirtioFeatures? = nil,
+        ioWorkers: Int = 0
     ) throws {
-        try self.init(backend: try kind.make(size: size), readOnly: readOnly, acknowledged: acknowledged)
+        try self.init(backend: try kind.make(size: size), readOnly: readOnly, acknowledged: acknowledged, ioWorkers: ioWorkers)
     }
 
     /// A device over `backend`; `acknowledged` defaults to every offered feature.
-    init(backend: any BlockBackend, readOnly: Bool = false, acknowledged: VirtioFeatures? = nil) throws {
+    init(backend: any BlockBackend, readOnly: Bool = false, acknowledged: VirtioFeatures? = nil, ioWorkers: Int = 0) throws {
         memory = try GuestMemory(size: 16 << 20)
         device = Block(
-            memory: memory, backend: backend, readOnly: readOnly, serial: "tern-disk-0", queueSize: Self.queueSize)
+            memory: memory, backend: backend, readOnly: readOnly, serial: "tern-disk-0", queueSize: Self.queueSize,
+            ioWorkers: ioWorkers)
         let features = acknowledged ?? device.features
         let queue = try SplitQueue(
             memory: memory, size: Self.queueSize, descriptorTable: Self.descriptorTable,
