@@ -4,8 +4,8 @@ import VirtioDevices
 
 /// One command on a VM's control socket: a JSON object on one line.
 ///
-/// Commands: `status`; `stop`; `balloon` with `target` (a size such as "512M": the guest should shrink to it);
-/// `balloon-statistics` (the guest's last memory statistics and the balloon's size).
+/// Commands: `status`; `stop`; `balloon` with `target` (the balloon's size, such as "512M": memory the guest gives
+/// back; "0" returns it all); `balloon-statistics` (the guest's last memory statistics and the balloon's size).
 public struct ControlRequest: Codable, Sendable, Equatable {
     public var command: String
     public var target: String?
@@ -56,10 +56,12 @@ public struct BalloonReport: Codable, Sendable, Equatable {
 }
 
 /// Serves a VM's control socket: a Unix stream socket taking one JSON request per line and answering each with one
-/// JSON line, one connection at a time, on its own thread. Requests are capped at 64 KiB and a client that stalls
-/// for two seconds is dropped, so a misbehaving client cannot hold the VM's controls.
+/// JSON line, one connection at a time, on its own thread. Requests are capped at 64 KiB and a connection lasts at
+/// most `connectionLifetime` seconds, so a misbehaving client cannot hold the VM's controls.
 final class ControlServer: @unchecked Sendable {
     static let requestLimit = 64 * 1024
+    /// Longest a client may keep its connection, however busy it is.
+    static let connectionLifetime: Int = 5
     private let path: String
     private let listener: Int32
     private let handler: @Sendable (ControlRequest) -> ControlResponse
@@ -130,18 +132,19 @@ final class ControlServer: @unchecked Sendable {
             let connection = accept(listener, nil, nil)
             guard connection >= 0 else { continue }
             _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
-            var timeout = timeval(tv_sec: 2, tv_usec: 0)
-            setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var timeout = timeval(tv_sec: Self.connectionLifetime, tv_usec: 0)
             setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             converse(connection)
             close(connection)
         }
     }
 
-    /// Answers each request line until the client closes, stalls, or sends too much.
+    /// Answers each request line until the client closes, sends too much, or its connection's lifetime runs out.
     private func converse(_ connection: Int32) {
         var pending: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
+        var start = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &start)
         while true {
             while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(pending[..<newline])
@@ -152,6 +155,12 @@ final class ControlServer: @unchecked Sendable {
                 _ = Self.write(.failure("request longer than \(Self.requestLimit) bytes"), to: connection)
                 return
             }
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            let left = Self.connectionLifetime * 1_000_000 - ((now.tv_sec - start.tv_sec) * 1_000_000 + (now.tv_nsec - start.tv_nsec) / 1000)
+            guard left > 0 else { return }
+            var timeout = timeval(tv_sec: left / 1_000_000, tv_usec: left % 1_000_000)
+            setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             let count = read(connection, &chunk, chunk.count)
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { return }
@@ -262,7 +271,7 @@ extension Machine {
             guard let text = request.target else { return .failure("balloon needs a target size, such as \"256M\"") }
             let target: MemorySize
             do {
-                target = try MemorySize(parsing: text)
+                target = text == "0" ? MemorySize(bytes: 0) : try MemorySize(parsing: text)
             } catch {
                 return .failure(error.description)
             }

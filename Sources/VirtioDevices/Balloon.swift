@@ -131,7 +131,7 @@ public final class Balloon: VirtioDevice, Sendable {
     /// all of RAM): sets `num_pages` and, when the driver is running, sends a configuration-change notification.
     public func setTarget(bytes: UInt64) {
         let interrupt = engine.withLock { engine -> (any InterruptSignal)? in
-            let pages = UInt32(min(bytes, engine.memory.size) / Self.pageSize)
+            let pages = UInt32(clamping: min(bytes, engine.memory.size) / Self.pageSize)
             guard pages != engine.targetPages else { return nil }
             engine.targetPages = pages
             return engine.interrupt

@@ -125,13 +125,17 @@ struct BalloonEngine {
         guard var queue = statisticsq, let interrupt else { return }
         var budget = Int(queue.size)
         do {
-            while budget > 0, try queue.nextChain(into: &chain) {
-                budget -= 1
-                guard let parsed = parseStatistics() else { return }
-                statistics = parsed
-                if let held = heldStatisticsHead { queue.addUsed(head: held, length: 0) }
-                heldStatisticsHead = chain.head
-            }
+            // Re-arming after each drain makes the driver's next buffer (after `requestStatistics`) notify us; with
+            // EVENT_IDX its kick would be suppressed otherwise.
+            repeat {
+                while budget > 0, try queue.nextChain(into: &chain) {
+                    budget -= 1
+                    guard let parsed = parseStatistics() else { return }
+                    statistics = parsed
+                    if let held = heldStatisticsHead { queue.addUsed(head: held, length: 0) }
+                    heldStatisticsHead = chain.head
+                }
+            } while budget > 0 && queue.enableNotifications()
         } catch {
             return fail("statistics queue: \(error)")
         }

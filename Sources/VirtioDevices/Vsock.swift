@@ -179,7 +179,13 @@ public struct Vsock: VirtioDevice {
     mutating func deliverEvents() {
         guard transportResetPending, var queue = eventq, let interrupt else { return }
         do {
-            guard try queue.nextChain(into: &eventChain) else { return }
+            // No buffer yet: ask for a notification when the driver adds one, and take any that arrived meanwhile.
+            guard try queue.nextChain(into: &eventChain)
+                || (queue.enableNotifications() && queue.nextChain(into: &eventChain))
+            else {
+                eventq = queue
+                return
+            }
         } catch {
             return fail("event queue: \(error)")
         }

@@ -15,9 +15,21 @@ extension Vsock {
         run()
     }
 
-    /// Accepts every waiting host connection; those beyond the connection limit are closed at once.
+    /// Most host connections that may wait for their `CONNECT` line at once: clients that connect and say nothing
+    /// cannot take the slots guest connections need.
+    static let maximumUnannouncedConnections = 16
+
+    /// Accepts every waiting host connection; those beyond the connection limit, or beyond
+    /// `maximumUnannouncedConnections` still waiting for their request, are closed at once.
     mutating func acceptHostConnections() {
         while let socket = backend.accept() {
+            let unannounced = connections.slotNumbers.reduce(0) { count, slot in
+                connections.isOccupied(slot) && connections[slot].state == .awaitingRequest ? count + 1 : count
+            }
+            guard unannounced < Self.maximumUnannouncedConnections else {
+                close(socket)
+                continue
+            }
             let connection = VsockConnection(
                 socket: socket, state: .awaitingRequest, key: VsockConnectionKey(hostPort: 0, guestPort: 0),
                 bufferSize: bufferSize)

@@ -21,7 +21,11 @@ extension Vsock {
             }
             if !holdsReceiveChain {
                 do {
-                    guard try queue.nextChain(into: &receiveChain) else { break }
+                    // Out of buffers: ask for a notification when the driver adds some (with EVENT_IDX its
+                    // kick is suppressed otherwise), and take any that arrived meanwhile.
+                    guard try queue.nextChain(into: &receiveChain)
+                        || (queue.enableNotifications() && queue.nextChain(into: &receiveChain))
+                    else { break }
                 } catch {
                     return fail("receive queue: \(error)")
                 }

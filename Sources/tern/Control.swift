@@ -26,7 +26,7 @@ struct Control: ParsableCommand {
         case "balloon":
             guard let size else { fail("balloon needs a size, such as `tern control --api-socket PATH balloon 256M`", status: 2) }
             do {
-                request.target = try MemorySize(parsing: size).description
+                request.target = size == "0" ? "0" : try MemorySize(parsing: size).description
             } catch {
                 fail(error.description, status: 2)
             }

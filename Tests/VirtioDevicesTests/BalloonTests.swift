@@ -90,8 +90,12 @@ import VirtioDevices
         expected.oomKills = 3
         #expect(harness.device.latestStatistics == expected)
         #expect(harness.device.latestStatistics?[.totalMemory] == 16 << 20)
-        // The device keeps the buffer until it wants new statistics.
+        // The device keeps the buffer until it wants new statistics, and (EVENT_IDX) asks to hear of the next one:
+        // avail_event names it, or the driver's kick for the refilled buffer would be suppressed.
         #expect(try harness.used(2).isEmpty)
+        let availableEvent: UInt16 = try harness.memory.load(
+            at: BalloonHarness.rings(2).used + 4 + 8 * UInt64(BalloonHarness.queueSize))
+        #expect(availableEvent == 1)
         #expect(harness.device.requestStatistics())
         #expect(try harness.used(2).map(\.length) == [0])
         #expect(harness.interrupt.usedQueues.withLock { $0 } == [2])
