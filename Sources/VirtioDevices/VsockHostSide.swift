@@ -17,7 +17,7 @@ extension Vsock {
 
     /// Most host connections that may wait for their `CONNECT` line at once: clients that connect and say nothing
     /// cannot take the slots guest connections need.
-    static let maximumUnannouncedConnections = 16
+    public static let maximumUnannouncedConnections = 16
 
     /// Accepts every waiting host connection; those beyond the connection limit, or beyond
     /// `maximumUnannouncedConnections` still waiting for their request, are closed at once.

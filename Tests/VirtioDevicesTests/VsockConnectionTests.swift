@@ -169,6 +169,23 @@ typealias VsockOp = VsockHeader.Operation
         #expect(try harness.receive().isEmpty)
     }
 
+    /// Host clients that connect and never say CONNECT take at most `maximumUnannouncedConnections` slots: the
+    /// guest can still connect out.
+    @Test func silentHostClientsCannotFillTheTable() throws {
+        var harness = try VsockHarness(maximumConnections: 32)
+        let service = VsockHostSocket.listen(harness.socketPath + "_1")
+        defer { close(service) }
+        try harness.postReceiveBuffers()
+        let silent = (0..<24).map { _ in VsockHostSocket.connect(harness.socketPath) }
+        defer { for host in silent { close(host) } }
+        harness.pump()
+        #expect(harness.device.connectionCount == Vsock.maximumUnannouncedConnections)
+        // Accepted in the order they connected: the ones past the cap were closed at once.
+        #expect(silent.suffix(24 - Vsock.maximumUnannouncedConnections).allSatisfy { VsockHostSocket.isClosed($0) })
+        try harness.send(harness.header(VsockOp.request, guestPort: 7, hostPort: 1))
+        #expect(try harness.receive().map(\.operation) == [VsockOp.response])
+    }
+
     @Test func hostConnectionsWaitForActivation() throws {
         var harness = try VsockHarness(activate: false)
         let host = VsockHostSocket.connect(harness.socketPath)
