@@ -27,8 +27,8 @@ public struct NetStatistics: Sendable, Equatable {
 /// Frames from the backend arrive through `hostEvent(token:events:)`: the device watches the backend's
 /// descriptor with token `backendToken` from `init`, so the VMM's I/O thread must route that token's events to
 /// this device (under its transport's lock). A transmit pass sends at most one queue's worth of frames; when
-/// more may wait, the device raises an eventfd of its own, watched with `resumeToken`, and goes on when the I/O
-/// thread comes back to it, after the other events it has.
+/// more may wait, the device asks its transport for service (`InterruptSignal.requestService`) and goes on when
+/// the I/O thread comes back to the transmit queue, after the other events it has.
 public struct Net: VirtioDevice {
     /// Device-specific feature bits (VIRTIO 1.2 §5.1.3).
     public enum Feature {
@@ -60,8 +60,6 @@ public struct Net: VirtioDevice {
     public static let transmitQueue = 1
     /// The token the device watches its backend's descriptor with.
     public static let backendToken: UInt32 = 0
-    /// The token of the device's own eventfd, raised to resume transmitting after a full pass.
-    public static let resumeToken: UInt32 = 1
     /// The largest frame, without the virtio-net header, that crosses the device.
     public static let maximumFrameLength = 65550
     /// VIRTIO_NET_S_LINK_UP in `status`.
@@ -76,13 +74,11 @@ public struct Net: VirtioDevice {
     private var receiver: NetReceiver
     private var transmitter: NetTransmitter
     private var interrupt: (any InterruptSignal)?
-    /// Raised when a transmit pass stopped at its budget.
-    private let resume: EventFlag
 
     /// A network device reading and writing guest buffers in `memory` and exchanging frames with `backend`,
-    /// whose descriptor it watches through `watcher` with `backendToken` (and its own eventfd with
-    /// `resumeToken`). It reports `mac`, and `mtu` when set, and offers queues of up to `queueSize` descriptors
-    /// (a power of two). Throws when a descriptor cannot be watched or the eventfd made.
+    /// whose descriptor it watches through `watcher` with `backendToken`. It reports `mac`, and `mtu` when set,
+    /// and offers queues of up to `queueSize` descriptors (a power of two). Throws when the descriptor cannot be
+    /// watched.
     public init(
         memory: GuestMemory, backend: any NetBackend, watcher: any HostEventWatcher, mac: MACAddress,
         mtu: UInt16? = nil, queueSize: UInt16 = 256
@@ -91,11 +87,7 @@ public struct Net: VirtioDevice {
             queueSize != 0 && queueSize <= SplitQueue.maximumSize && queueSize & (queueSize - 1) == 0,
             "queue size \(queueSize) is not a power of two between 1 and \(SplitQueue.maximumSize)"
         )
-        guard let resume = EventFlag() else {
-            throw HostEventError("virtio-net: cannot create an eventfd: out of file descriptors")
-        }
         let framed = !backend.offloads.isEmpty
-        self.resume = resume
         self.backend = backend
         self.mac = mac
         self.mtu = mtu
@@ -103,7 +95,6 @@ public struct Net: VirtioDevice {
         receiver = NetReceiver(memory: memory, headerFromBackend: framed, queueSize: queueSize)
         transmitter = NetTransmitter(memory: memory, headerToBackend: framed, queueSize: queueSize)
         try watcher.watch(backend.descriptor, token: Self.backendToken)
-        try watcher.watch(resume.descriptor, token: Self.resumeToken)
     }
 
     public var deviceType: VirtioDeviceType { .network }
@@ -190,18 +181,11 @@ public struct Net: VirtioDevice {
         }
     }
 
-    /// The backend's descriptor became readable (frames wait) or writable (a blocked frame may go now), or the
-    /// device's own resume flag was raised.
+    /// The backend's descriptor became readable (frames wait) or writable (a blocked frame may go now).
     public mutating func hostEvent(token: UInt32, events: HostEventKind) {
-        switch token {
-        case Self.backendToken:
-            if events.contains(.writable) && transmitter.isBlocked { transmit() }
-            if !events.isDisjoint(with: [.readable, .hangup]) { receive() }
-        case Self.resumeToken:
-            resume.lower()
-            transmit()
-        default: break
-        }
+        guard token == Self.backendToken else { return }
+        if events.contains(.writable) && transmitter.isBlocked { transmit() }
+        if !events.isDisjoint(with: [.readable, .hangup]) { receive() }
     }
 
     public mutating func reset() {
@@ -225,7 +209,7 @@ public struct Net: VirtioDevice {
         do {
             let outcome = try transmitter.pump(to: backend)
             if outcome.notify { interrupt.signalUsedBuffers(queue: Self.transmitQueue) }
-            if outcome.exhausted { resume.raise() }
+            if outcome.exhausted { interrupt.requestService(queue: Self.transmitQueue) }
         } catch {
             fail(interrupt, error.reason)
         }

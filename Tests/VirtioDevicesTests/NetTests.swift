@@ -22,7 +22,7 @@ import VirtioDevices
         // TSO without checksum offload is not offered.
         let partial = try NetHarness(offloads: [.tcp4Segmentation], activate: false)
         #expect(partial.device.features == bare.device.features)
-        #expect(bare.watcher.tokens == [Net.backendToken, Net.resumeToken])
+        #expect(bare.watcher.tokens == [Net.backendToken])
         #expect(bare.watcher.descriptor(for: Net.backendToken) == 42)
     }
 
@@ -97,10 +97,9 @@ import VirtioDevices
         #expect(harness.backend.state.withLock { $0.reads } == 1)
     }
 
-    @Test func fullTransmitPassResumesThroughItsOwnEvent() throws {
+    @Test func fullTransmitPassAsksForService() throws {
         var harness = try NetHarness()
-        let resume = try #require(harness.watcher.descriptor(for: Net.resumeToken))
-        // A whole queue's worth in one pass uses up the budget: the device raises its resume flag.
+        // A whole queue's worth in one pass uses up the budget: the device asks to be served again.
         for index in 0..<Int(NetHarness.queueSize) {
             let address = 0x20_0000 + 0x1000 * UInt64(index)
             try harness.memory.write(netHeader() + ethernetFrame(60, seed: UInt8(index)), at: address)
@@ -108,14 +107,14 @@ import VirtioDevices
         }
         harness.device.notify(queue: Self.tx)
         #expect(harness.backend.sent.count == 16)
-        #expect(waitReadable(resume, milliseconds: 0))
-        // More chains, but no notification: the resume event sends them and lowers the flag.
+        #expect(harness.interrupt.serviceRequests.withLock { $0 } == [Self.tx])
+        // More chains, but no notification from the driver: the service call sends them, and asks for no more.
         try harness.memory.write(netHeader() + ethernetFrame(60, seed: 99), at: 0x30_0000)
         try harness.publish(Self.tx, [Buffer(address: 0x30_0000, length: 72, isWrite: false)])
-        harness.device.hostEvent(token: Net.resumeToken, events: .readable)
+        harness.device.notify(queue: Self.tx)
         #expect(harness.backend.sent.count == 17)
         #expect(harness.backend.sent.last == ethernetFrame(60, seed: 99))
-        #expect(!waitReadable(resume, milliseconds: 0))
+        #expect(harness.interrupt.serviceRequests.withLock { $0 } == [Self.tx])
         #expect(try harness.usedIndex(Self.tx) == 17)
     }
 
