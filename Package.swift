@@ -26,11 +26,11 @@ let package = Package(
         // The virtio-mmio (version 2) transport: one VirtioDevice behind a register window on the MMIO bus.
         .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "GuestMemory"]),
         // VirtIO device models, transport-independent: block (virtio-blk), console (virtio-console), entropy (virtio-rng).
-        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory", "Qcow2", "Devices", "CKVM"]),
+        .target(name: "VirtioDevices", dependencies: ["Virtio", "GuestMemory", "Qcow2", "Devices"]),
         // Debian's libslirp (libslirp-dev), for user-mode networking.
         .systemLibrary(name: "CSlirp", path: "Sources/CSlirp"),
         // virtio-net host backends: a Linux tap and libslirp user-mode NAT; keeps the C library out of VirtioDevices.
-        .target(name: "NetBackends", dependencies: ["VirtioDevices", "Virtio", "CSlirp"]),
+        .target(name: "NetBackends", dependencies: ["VirtioDevices", "Virtio", "CSlirp", "CKVM"]),
         .testTarget(
             name: "VirtioDevicesTests", dependencies: ["VirtioDevices", "Virtio", "GuestMemory", "Qcow2", "NetBackends", "VMM"]
         ),
