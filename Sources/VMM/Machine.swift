@@ -149,16 +149,16 @@ public final class Machine: Sendable {
             }
             backends.append(backend)
             let serial = disk.serial ?? "tern-disk\(index)"
-            specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)", role: .disk) { _ in
+            specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)") { _ in
                 // O_DIRECT requests wait on the medium: keep the guest's queue depth in flight there.
                 Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial,
                       ioWorkers: disk.cache == .none ? Self.directIOWorkers : 0)
             })
         }
         if config.virtioConsole {
-            specs.append(VirtioDeviceSpec(name: "virtio-console", role: .console) { _ in Console(memory: memory, output: output) })
+            specs.append(VirtioDeviceSpec(name: "virtio-console", takesConsoleInput: true) { _ in Console(memory: memory, output: output) })
         }
-        if config.rng { specs.append(VirtioDeviceSpec(name: "virtio-rng", role: .other) { _ in Entropy(memory: memory) }) }
+        if config.rng { specs.append(VirtioDeviceSpec(name: "virtio-rng") { _ in Entropy(memory: memory) }) }
         if let setting = config.vsock {
             let backend: UnixSocketVsockBackend
             do {
@@ -166,7 +166,7 @@ public final class Machine: Sendable {
             } catch {
                 throw MachineError("--vsock \(setting): \(error)")
             }
-            specs.append(VirtioDeviceSpec(name: "virtio-vsock", role: .other) { watcher in
+            specs.append(VirtioDeviceSpec(name: "virtio-vsock") { watcher in
                 Vsock(memory: memory, guestCID: setting.guestCID, backend: backend, watcher: watcher)
             })
         }
@@ -174,7 +174,7 @@ public final class Machine: Sendable {
         if let setting = config.balloon {
             let device = Balloon(memory: memory, options: setting.options)
             if let target = setting.target { device.setTarget(bytes: target.bytes) }
-            specs.append(VirtioDeviceSpec(name: "virtio-balloon", role: .other) { _ in device })
+            specs.append(VirtioDeviceSpec(name: "virtio-balloon") { _ in device })
             balloon = device
         }
         self.balloon = balloon
@@ -190,7 +190,7 @@ public final class Machine: Sendable {
                 throw MachineError("--net \(net): \(error)")
             }
             let mac = net.macAddress(index: index)
-            specs.append(VirtioDeviceSpec(name: "virtio-net \(index)", role: .other) { watcher throws(MachineError) in
+            specs.append(VirtioDeviceSpec(name: "virtio-net \(index)") { watcher throws(MachineError) in
                 do {
                     return try Net(memory: memory, backend: backend, watcher: watcher, mac: mac)
                 } catch {
@@ -212,7 +212,7 @@ public final class Machine: Sendable {
             let attached = try Self.attachPCI(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads, logger: logger)
             (pciBridge, pciPorts, transports) = (attached.bridge, attached.ports, attached.transports)
         }
-        consoleTransport = zip(specs, transports).first { $0.0.role == .console }?.1
+        consoleTransport = zip(specs, transports).first { $0.0.takesConsoleInput }?.1
         mmioBus = mmio
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
         // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.

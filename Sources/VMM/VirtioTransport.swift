@@ -36,13 +36,12 @@ final class TransportReference: Sendable {
     }
 }
 
-/// One VirtIO device the machine offers, made when its transport takes it over so that it is never shared.
+/// One VirtIO device the machine offers, made (given its host-event watcher) where its transport takes it over.
 struct VirtioDeviceSpec {
-    enum Role { case disk, console, other }
-
     /// Names the device in log lines: "virtio-blk 0", "virtio-rng".
     let name: String
-    let role: Role
+    /// Host input typed on the console goes to this device (the virtio-console).
+    var takesConsoleInput = false
     let make: (any HostEventWatcher) throws(MachineError) -> any VirtioDevice
 }
 
