@@ -10,6 +10,7 @@
  *          mode=udp-echo: the same, then prints `net: ready` and echoes UDP datagrams sent to
  *            10.0.2.15:port back to their sender (addresses and ports swapped, UDP checksum 0),
  *            `count` of them, waiting up to `wait` TSC cycles for each.
+ *          ip=A.B.C.D, gw=A.B.C.D (defaults 10.0.2.15 and 10.0.2.2);
  *          port=N (default 7); count=N (default 1); timeout=<TSC cycles per frame, default 2e9>;
  *          wait=<TSC cycles, default 60e9>.
  * Exit 0: ok (last line `net: ok: ...`). Exit 1: failure (one line `net: <reason>`).
@@ -48,7 +49,22 @@ static struct virtq rxq, txq;
 static unsigned rx_posted;               /* buffers 0..rx_posted-1 live on descriptors of the same index */
 static uint64_t timeout;
 static uint8_t my_mac[6], gw_mac[6];
-static const uint32_t my_ip = 0x0a00020f, gw_ip = 0x0a000202;
+/* This guest's address and the gateway's: 10.0.2.15 and 10.0.2.2 (user-mode networking), or ip= and gw=. */
+static uint32_t my_ip = 0x0a00020f, gw_ip = 0x0a000202;
+static char my_ip_text[16] = "10.0.2.15", gw_ip_text[16] = "10.0.2.2";
+
+/* Parses a dotted quad; 0 when it is not one. */
+static uint32_t parse_ipv4(const char *s) {
+    uint32_t value = 0;
+    for (int part = 0; part < 4; part++) {
+        unsigned octet = 0, digits = 0;
+        while (*s >= '0' && *s <= '9' && digits < 4) { octet = octet * 10 + (unsigned)(*s++ - '0'); digits++; }
+        if (!digits || octet > 255) return 0;
+        value = value << 8 | octet;
+        if (part < 3 && *s++ != '.') return 0;
+    }
+    return *s ? 0 : value;
+}
 static unsigned arp_answered;
 
 /* ---- bytes in network order ---- */
@@ -211,7 +227,7 @@ static int rx_wait(uint64_t cycles, frame_handler handle) {
 static int want_arp_reply(const uint8_t *f, unsigned len) {
     if (len < ETH_HLEN + 28 || get16(f + 12) != ETH_P_ARP || get16(f + 20) != 2 || get32(f + 28) != gw_ip) return 0;
     if (memcmp(f + 32, my_mac, 6) != 0 || get32(f + 38) != my_ip || memcmp(f, my_mac, 6) != 0) {
-        rt_puts("net: ARP reply from 10.0.2.2 is not addressed to this MAC and IP\n");
+        rt_puts("net: ARP reply from the gateway is not addressed to this MAC and IP\n");
         return -1;
     }
     memcpy(gw_mac, f + 22, 6);
@@ -226,7 +242,7 @@ static int want_echo_reply(const uint8_t *f, unsigned len) {
     const uint8_t *icmp = f + ETH_HLEN + ihl;
     unsigned ilen = get16(f + 16) - ihl;
     if (ilen < 8 || icmp[0] != 0 || icmp[1] != 0) {
-        rt_printf("net: ICMP type %u code %u from 10.0.2.2, expected an echo reply (0, 0)\n", icmp[0], icmp[1]);
+        rt_printf("net: ICMP type %u code %u from %s, expected an echo reply (0, 0)\n", icmp[0], icmp[1], gw_ip_text);
         return -1;
     }
     if (csum(icmp, ilen) != 0) { rt_puts("net: echo reply checksum is wrong\n"); return -1; }
@@ -259,7 +275,7 @@ static int ping_gateway(uint64_t *cycles) {
     if (tx_send(at + 8 + PING_BYTES)) return -1;
     int r = rx_wait(timeout, want_echo_reply);
     *cycles = rdtsc() - t0;
-    if (r == 0) rt_printf("net: no echo reply from 10.0.2.2 within %lu cycles\n", timeout);
+    if (r == 0) rt_printf("net: no echo reply from %s within %lu cycles\n", gw_ip_text, timeout);
     return r == 1 ? 0 : -1;
 }
 
@@ -304,6 +320,14 @@ int main(void) {
     uint64_t wait = cmdline_u64("wait", 60000000000ull);
     uint64_t count = cmdline_u64("count", 1);
     udp_port = (uint16_t)cmdline_u64("port", 7);
+    cmdline_str("ip", my_ip_text, my_ip_text, sizeof my_ip_text);
+    cmdline_str("gw", gw_ip_text, gw_ip_text, sizeof gw_ip_text);
+    my_ip = parse_ipv4(my_ip_text);
+    gw_ip = parse_ipv4(gw_ip_text);
+    if (!my_ip || !gw_ip) {
+        rt_printf("net: ip=%s gw=%s: give dotted IPv4 addresses\n", my_ip_text, gw_ip_text);
+        return 4;
+    }
 
     struct vdev_probe_stats st;
     if (vdev_find(VIRTIO_ID_NET, 0, &dev, &st) != 0) {
@@ -337,15 +361,16 @@ int main(void) {
 
     if (send_arp(1, 0, 0, gw_ip)) goto fail;
     int r = rx_wait(timeout, want_arp_reply);
-    if (r == 0) rt_printf("net: no ARP reply from 10.0.2.2 within %lu cycles\n", timeout);
+    if (r == 0) rt_printf("net: no ARP reply from %s within %lu cycles\n", gw_ip_text, timeout);
     if (r != 1) goto fail;
     uint64_t rtt;
     if (ping_gateway(&rtt)) goto fail;
-    print_mac("net: 10.0.2.2 is at ", gw_mac);
+    rt_printf("net: %s", gw_ip_text);
+    print_mac(" is at ", gw_mac);
     rt_printf(", echo reply after %lu cycles\n", rtt);
 
     if (udp_echo) {
-        rt_printf("net: ready: echoing UDP on 10.0.2.15:%u\n", udp_port);
+        rt_printf("net: ready: echoing UDP on %s:%u\n", my_ip_text, udp_port);
         while (echoed < count) {
             r = rx_wait(wait, echo_udp);
             if (r == 0) rt_printf("net: no UDP datagram for port %u within %lu cycles\n", udp_port, wait);
@@ -361,7 +386,7 @@ int main(void) {
     if (udp_echo)
         rt_printf("net: ok: ARP, ping and %u UDP echo(es) on port %u (%s)\n", echoed, udp_port, dev.name);
     else
-        rt_printf("net: ok: ARP and ping to 10.0.2.2 (%s, %u ARP requests answered)\n", dev.name, arp_answered);
+        rt_printf("net: ok: ARP and ping to %s (%s, %u ARP requests answered)\n", gw_ip_text, dev.name, arp_answered);
     return 0;
 fail:
     vdev_fail(&dev);

@@ -53,29 +53,35 @@ import VMM
     }
 
     /// A tap prepared the way a bridged host has it (a persistent interface with the gateway's address): the guest's
-    /// ARP and ping are answered by the host kernel itself.
+    /// ARP and ping are answered by the host kernel itself. The subnet is one no host is likely to use already.
     @Test(.enabled(if: TapFixture.available, "needs root, /dev/net/tun and iproute2 to create a tap interface"),
           arguments: VirtioTransportKind.allCases)
     func tapReachesTheHostKernel(transport: VirtioTransportKind) throws {
-        let tap = try TapFixture(name: "ternv\(getpid() % 10000)\(transport == .pci ? "p" : "m")")
+        // A subnet per case: two taps on one subnet could route one guest's ping reply out of the other tap.
+        let tap = try TapFixture(name: "ternv\(getpid() % 10000)\(transport == .pci ? "p" : "m")", subnet: transport == .pci ? 9 : 10)
         defer { tap.remove() }
-        let run = try boot(VMConfig(kernel: Repository.guest("net"), virtioTransport: transport,
-                                    nets: [NetSetting.parse("tap=\(tap.name)")]))
+        let run = try boot(VMConfig(kernel: Repository.guest("net"), cmdline: "ip=\(tap.guest) gw=\(tap.host)",
+                                    virtioTransport: transport, nets: [NetSetting.parse("tap=\(tap.name)")]))
         #expect(run.outcome == .guestExit(0), "output: \(run.output)")
-        #expect(run.output.contains("net: ok: ARP and ping to 10.0.2.2"))
+        #expect(run.output.contains("net: ok: ARP and ping to \(tap.host)"))
     }
 }
 
-/// A persistent tap interface with the address 10.0.2.2/24, removed by `remove()`.
+/// A persistent tap interface with the address `host`/24 (10.213.`subnet`.1; the tap unit tests use 10.213.7.0/24),
+/// removed by `remove()`.
 struct TapFixture {
     let name: String
+    let host: String
+    let guest: String
 
     static let available: Bool = getuid() == 0 && access("/dev/net/tun", R_OK | W_OK) == 0
         && system("ip tuntap add ternprobe\(getpid() % 10000) mode tap >/dev/null 2>&1 && ip link del ternprobe\(getpid() % 10000) >/dev/null 2>&1") == 0
 
-    init(name: String) throws {
+    init(name: String, subnet: Int) throws {
         self.name = name
-        try #require(system("ip tuntap add \(name) mode tap && ip addr add 10.0.2.2/24 dev \(name) && ip link set \(name) up") == 0,
+        host = "10.213.\(subnet).1"
+        guest = "10.213.\(subnet).2"
+        try #require(system("ip tuntap add \(name) mode tap && ip addr add \(host)/24 dev \(name) && ip link set \(name) up") == 0,
                      "cannot set up tap \(name)")
     }
 
