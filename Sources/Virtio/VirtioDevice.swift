@@ -37,11 +37,14 @@ public enum VirtioDeviceError: Error, Equatable, Sendable, CustomStringConvertib
     case activation(String)
     /// A queue the device needs is malformed.
     case queue(Int, VirtqueueError)
+    /// The driver set DRIVER_OK without FEATURES_OK.
+    case featuresNotAccepted
 
     public var description: String {
         switch self {
         case .activation(let reason): return "cannot activate device: \(reason)"
         case .queue(let index, let error): return "queue \(index): \(error)"
+        case .featuresNotAccepted: return "the driver set DRIVER_OK without FEATURES_OK"
         }
     }
 }

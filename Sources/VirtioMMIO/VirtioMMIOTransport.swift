@@ -255,58 +255,26 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         }
     }
 
-    /// The device status state machine (VIRTIO 1.2 §3.1.1): zero resets; otherwise bits are only ever added.
+    /// The device status state machine (VIRTIO 1.2 §3.1.1, `StatusWrite`): zero resets.
     private func writeStatus(_ value: UInt32, _ state: inout State) {
         if value == 0 { return reset(&state) }
         guard value <= UInt8.max else { return debugLog("virtio-mmio: status 0x\(String(value, radix: 16)) ignored") }
-        // DEVICE_NEEDS_RESET belongs to the device; the driver cannot set it.
-        var requested = DeviceStatus(rawValue: UInt8(value)).subtracting(.deviceNeedsReset)
-        guard requested.isSuperset(of: state.status) else {
-            return debugLog("virtio-mmio: status write 0x\(String(value, radix: 16)) clears bits; ignored")
-        }
-        let added = requested.subtracting(state.status)
-        if added.contains(.featuresOK) {
-            if !requested.isSuperset(of: [.acknowledge, .driver]) || state.status.contains(.driverOK) {
-                debugLog("virtio-mmio: FEATURES_OK refused: it needs ACKNOWLEDGE and DRIVER, and precedes DRIVER_OK")
-                requested.remove(.featuresOK)
-            } else {
-                do {
-                    state.negotiated = try state.negotiation.validate()
-                } catch {
-                    debugLog("virtio-mmio: FEATURES_OK refused: \(error)")
-                    requested.remove(.featuresOK)
-                }
-            }
-        }
-        state.status = requested
-        if added.contains(.driverOK) { activate(&state) }
+        let write = StatusWrite(UInt8(value), current: state.status, negotiation: state.negotiation)
+        if let refusal = write.refusal { debugLog("virtio-mmio: \(refusal)") }
+        if let negotiated = write.negotiated { state.negotiated = negotiated }
+        state.status = write.status
+        if write.activates { activate(&state) }
     }
 
     /// Builds the ready queues and starts the device; any failure asks the driver for a reset.
     private func activate(_ state: inout State) {
-        guard state.status.contains(.featuresOK) else {
-            return signalNeedsReset(reason: "the driver set DRIVER_OK without FEATURES_OK")
-        }
-        var queues: [SplitQueue?] = []
-        for (index, registers) in state.queues.enumerated() {
-            guard registers.ready else {
-                queues.append(nil)
-                continue
-            }
-            do {
-                queues.append(
-                    try SplitQueue(
-                        memory: memory, size: registers.size, descriptorTable: registers.descriptorTable,
-                        availableRing: registers.availableRing, usedRing: registers.usedRing,
-                        features: state.negotiated
-                    )
-                )
-            } catch {
-                return signalNeedsReset(reason: "queue \(index): \(error)")
-            }
+        let setups = state.queues.map {
+            QueueSetup(isEnabled: $0.ready, size: $0.size, descriptorTable: $0.descriptorTable,
+                       availableRing: $0.availableRing, usedRing: $0.usedRing)
         }
         do {
-            try state.device.activate(features: state.negotiated, queues: queues, interrupt: self)
+            try state.device.activate(status: state.status, negotiated: state.negotiated, queues: setups, memory: memory,
+                                      interrupt: self)
             state.active = true
         } catch {
             signalNeedsReset(reason: "\(error)")
