@@ -47,7 +47,8 @@ public struct StatusWrite: Sendable, Equatable {
     }
 }
 
-/// One queue as the driver set it up through a transport's registers.
+/// One queue as the driver sets it up through a transport's registers; the transports keep their queue registers
+/// in it.
 public struct QueueSetup: Sendable, Equatable {
     public var isEnabled: Bool
     public var size: UInt16
@@ -55,7 +56,9 @@ public struct QueueSetup: Sendable, Equatable {
     public var availableRing: UInt64
     public var usedRing: UInt64
 
-    public init(isEnabled: Bool, size: UInt16, descriptorTable: UInt64, availableRing: UInt64, usedRing: UInt64) {
+    public init(
+        isEnabled: Bool = false, size: UInt16 = 0, descriptorTable: UInt64 = 0, availableRing: UInt64 = 0, usedRing: UInt64 = 0
+    ) {
         self.isEnabled = isEnabled
         self.size = size
         self.descriptorTable = descriptorTable

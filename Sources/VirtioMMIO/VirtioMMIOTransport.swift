@@ -63,21 +63,12 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
     /// InterruptStatus bit: the configuration changed (or the device needs a reset).
     static let configurationInterrupt: UInt32 = 2
 
-    /// The driver's set-up of one queue.
-    struct QueueRegisters {
-        var size: UInt16 = 0
-        var ready = false
-        var descriptorTable: UInt64 = 0
-        var availableRing: UInt64 = 0
-        var usedRing: UInt64 = 0
-    }
-
     struct State {
         var device: any VirtioDevice
         var negotiation: FeatureNegotiation
         /// The features accepted at FEATURES_OK.
         var negotiated: VirtioFeatures = []
-        var queues: [QueueRegisters]
+        var queues: [QueueSetup]
         var status: DeviceStatus = []
         var deviceFeaturesSelect: UInt32 = 0
         var driverFeaturesSelect: UInt32 = 0
@@ -110,7 +101,7 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         errorLog: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         let negotiation = FeatureNegotiation(offered: device.features)
-        let queues = Array(repeating: QueueRegisters(), count: device.queueCount)
+        let queues = Array(repeating: QueueSetup(), count: device.queueCount)
         state = Mutex(State(device: device, negotiation: negotiation, queues: queues))
         self.memory = memory
         self.line = line
@@ -184,7 +175,7 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         case Register.vendorID: return Self.vendorID
         case Register.deviceFeatures: return state.negotiation.offeredWord(select: state.deviceFeaturesSelect)
         case Register.queueSizeMaximum: return queue.map { UInt32(state.device.maximumQueueSize($0)) } ?? 0
-        case Register.queueReady: return queue.map { state.queues[$0].ready ? 1 : 0 } ?? 0
+        case Register.queueReady: return queue.map { state.queues[$0].isEnabled ? 1 : 0 } ?? 0
         case Register.interruptStatus: return interrupts.withLock { $0.status }
         case Register.status:
             let needsReset = interrupts.withLock { $0.needsReset }
@@ -233,10 +224,10 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         var queue = state.queues[index]
         defer { state.queues[index] = queue }
         if offset == Register.queueReady {
-            queue.ready = value == 1
+            queue.isEnabled = value == 1
             return
         }
-        guard !queue.ready else { return debugLog("virtio-mmio: queue \(index) is ready; its registers are frozen") }
+        guard !queue.isEnabled else { return debugLog("virtio-mmio: queue \(index) is ready; its registers are frozen") }
         func setLow(_ field: inout UInt64) { field = field & 0xFFFF_FFFF_0000_0000 | UInt64(value) }
         func setHigh(_ field: inout UInt64) { field = field & 0xFFFF_FFFF | UInt64(value) << 32 }
         switch offset {
@@ -268,12 +259,8 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
 
     /// Builds the ready queues and starts the device; any failure asks the driver for a reset.
     private func activate(_ state: inout State) {
-        let setups = state.queues.map {
-            QueueSetup(isEnabled: $0.ready, size: $0.size, descriptorTable: $0.descriptorTable,
-                       availableRing: $0.availableRing, usedRing: $0.usedRing)
-        }
         do {
-            try state.device.activate(status: state.status, negotiated: state.negotiated, queues: setups, memory: memory,
+            try state.device.activate(status: state.status, negotiated: state.negotiated, queues: state.queues, memory: memory,
                                       interrupt: self)
             state.active = true
         } catch {
@@ -306,7 +293,7 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
 
     /// Passes an available-buffer notification to the device when it is running and the queue is ready.
     private func notify(queue value: UInt32, _ state: inout State) {
-        guard state.active, let index = Int(exactly: value), index < state.queues.count, state.queues[index].ready,
+        guard state.active, let index = Int(exactly: value), index < state.queues.count, state.queues[index].isEnabled,
             !interrupts.withLock({ $0.needsReset })
         else { return debugLog("virtio-mmio: notification for queue \(value) ignored") }
         state.device.notify(queue: index)
@@ -317,7 +304,7 @@ public final class VirtioMMIOTransport: BusDevice, InterruptSignal {
         state.device.reset()
         state.negotiation.reset()
         state.negotiated = []
-        state.queues = Array(repeating: QueueRegisters(), count: state.queues.count)
+        state.queues = Array(repeating: QueueSetup(), count: state.queues.count)
         state.status = []
         state.deviceFeaturesSelect = 0
         state.driverFeaturesSelect = 0

@@ -37,7 +37,7 @@ extension VirtioPCITransport {
         case Common.queueSize: return queue.map { UInt64(state.queues[$0].size) } ?? 0
         case Common.queueMSIXVector:
             return UInt64(queue.map { queue in interrupts.withLock { $0.queueVectors[queue] } } ?? Self.noVector)
-        case Common.queueEnable: return queue.map { state.queues[$0].enabled ? 1 : 0 } ?? 0
+        case Common.queueEnable: return queue.map { state.queues[$0].isEnabled ? 1 : 0 } ?? 0
         case Common.queueNotifyOff: return UInt64(queue ?? 0)
         case Common.queueDescriptor: return queue.map { state.queues[$0].descriptorTable } ?? 0
         case Common.queueDriver: return queue.map { state.queues[$0].availableRing } ?? 0
@@ -82,7 +82,7 @@ extension VirtioPCITransport {
         guard let index = selectedQueue(state), !state.status.contains(.driverOK) else {
             return debugLog("virtio-pci: queue register 0x\(String(offset, radix: 16)) write ignored")
         }
-        guard !state.queues[index].enabled else {
+        guard !state.queues[index].isEnabled else {
             return debugLog("virtio-pci: queue \(index) is enabled; its registers are frozen")
         }
         var queue = state.queues[index]
@@ -107,7 +107,7 @@ extension VirtioPCITransport {
             guard value == 1, queue.size != 0 else {
                 return debugLog("virtio-pci: queue \(index) enable write \(value) ignored")
             }
-            queue.enabled = true
+            queue.isEnabled = true
         case Common.queueDescriptor, Common.queueDescriptor + 4: set(&queue.descriptorTable, at: Common.queueDescriptor)
         case Common.queueDriver, Common.queueDriver + 4: set(&queue.availableRing, at: Common.queueDriver)
         default: set(&queue.usedRing, at: Common.queueDevice)
@@ -126,12 +126,8 @@ extension VirtioPCITransport {
 
     /// Builds the enabled queues and starts the device; any failure asks the driver for a reset.
     private func activate(_ state: inout State) {
-        let setups = state.queues.map {
-            QueueSetup(isEnabled: $0.enabled, size: $0.size, descriptorTable: $0.descriptorTable,
-                       availableRing: $0.availableRing, usedRing: $0.usedRing)
-        }
         do {
-            try state.device.activate(status: state.status, negotiated: state.negotiated, queues: setups, memory: memory,
+            try state.device.activate(status: state.status, negotiated: state.negotiated, queues: state.queues, memory: memory,
                                       interrupt: self)
             state.active = true
         } catch {
@@ -141,7 +137,7 @@ extension VirtioPCITransport {
 
     /// Passes an available-buffer notification to the device when it is running and the queue is enabled.
     func notify(queue index: Int, _ state: inout State) {
-        guard state.active, index >= 0, index < state.queues.count, state.queues[index].enabled,
+        guard state.active, index >= 0, index < state.queues.count, state.queues[index].isEnabled,
             !interrupts.withLock({ $0.needsReset })
         else { return debugLog("virtio-pci: notification for queue \(index) ignored") }
         state.device.notify(queue: index)
@@ -153,7 +149,7 @@ extension VirtioPCITransport {
         state.device.reset()
         state.negotiation.reset()
         state.negotiated = []
-        state.queues = (0..<state.queues.count).map { QueueRegisters(size: state.device.maximumQueueSize($0)) }
+        state.queues = (0..<state.queues.count).map { QueueSetup(size: state.device.maximumQueueSize($0)) }
         state.status = []
         state.deviceFeaturesSelect = 0
         state.driverFeaturesSelect = 0

@@ -46,21 +46,12 @@ public final class VirtioPCITransport: PCIDevice, InterruptSignal {
         VirtioPCILayout(queueCount: device.queueCount, configurationSize: device.configurationSize).barSize
     }
 
-    /// The driver's set-up of one queue.
-    struct QueueRegisters {
-        var size: UInt16
-        var enabled = false
-        var descriptorTable: UInt64 = 0
-        var availableRing: UInt64 = 0
-        var usedRing: UInt64 = 0
-    }
-
     struct State {
         var device: any VirtioDevice
         var negotiation: FeatureNegotiation
         /// The features accepted at FEATURES_OK.
         var negotiated: VirtioFeatures = []
-        var queues: [QueueRegisters]
+        var queues: [QueueSetup]
         var status: DeviceStatus = []
         var deviceFeaturesSelect: UInt32 = 0
         var driverFeaturesSelect: UInt32 = 0
@@ -122,7 +113,7 @@ public final class VirtioPCITransport: PCIDevice, InterruptSignal {
         windowCapability = configuration.windowCapability
         msixCapability = configuration.msixCapability
         let negotiation = FeatureNegotiation(offered: device.features)
-        let queues = (0..<queueCount).map { QueueRegisters(size: device.maximumQueueSize($0)) }
+        let queues = (0..<queueCount).map { QueueSetup(size: device.maximumQueueSize($0)) }
         state = Mutex(State(device: device, negotiation: negotiation, queues: queues))
         interrupts = Mutex(VirtioPCIInterrupts(queueCount: queueCount, msix: msix, line: line))
         space = Mutex(configuration.space)
