@@ -262,7 +262,7 @@ struct TernWritesTests {
         let per = (8 << 20) / threads
         DispatchQueue.concurrentPerform(iterations: threads) { t in
             var rng = RNG(UInt64(t + 1))
-            var buf = [UInt8](repeating: UInt8(t + 1), count: 6000)
+            let buf = [UInt8](repeating: UInt8(t + 1), count: 6000)
             for _ in 0..<200 {
                 let off = t * per + Int(rng.below(UInt64(per - buf.count)))
                 buf.withUnsafeBytes { try! img.write(at: UInt64(off), from: $0) }
