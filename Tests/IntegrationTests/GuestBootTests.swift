@@ -4,7 +4,7 @@ import TestSupport
 import Testing
 import VMM
 
-@Suite(.serialized) struct GuestBootTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct GuestBootTests {
     @Test func helloPrintsItsLineAndExitsZero() throws {
         let run = try boot(VMConfig(kernel: Repository.guest("hello"), console: .none))
         #expect(run.output.contains("Hello from a Tern test guest"))
@@ -81,7 +81,7 @@ import VMM
     }
 }
 
-@Suite(.serialized) struct CrashReportTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct CrashReportTests {
     @Test(arguments: ["mmio-exec", "triple"])
     func ringZeroFailureEndsTheVMWithAReport(mode: String) throws {
         let run = try boot(VMConfig(kernel: Repository.guest("crash"), cmdline: "mode=\(mode)"))
@@ -120,7 +120,7 @@ import VMM
     }
 }
 
-@Suite struct BadInputTests {
+@Suite(.timeLimit(.minutes(1))) struct BadInputTests {
     func buildError(_ config: VMConfig) -> String {
         do {
             _ = try Machine(config: config, console: DiscardOutput())

@@ -5,7 +5,7 @@ import Virtio
 import VirtioDevices
 
 /// A hostile guest: protocol mistakes reset one connection; malformed chains reset the device, once.
-@Suite struct VsockHostileTests {
+@Suite(.timeLimit(.minutes(1))) struct VsockHostileTests {
     /// A harness with an established guest-initiated connection (guest port 5, host port 6) and its host socket.
     static func connected() throws -> (VsockHarness, Int32) {
         try VsockCreditTests.connected()
