@@ -61,6 +61,9 @@ let package = Package(
         // Firmware tables: ACPI (RSDP, XSDT, FADT, MADT, MCFG, DSDT with an AML builder) and the MP table. Stdlib only.
         .target(name: "ACPI"),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "Devices"]),
+        // The VM state model: versioned, checksummed records of every stateful part, for snapshots and migration.
+        .target(name: "Snapshot", dependencies: ["KVM"]),
+        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "KVM", "TestSupport"]),
         // Assembles a machine from the layers above and runs it.
         .target(
             name: "VMM",
