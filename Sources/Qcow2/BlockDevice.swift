@@ -21,6 +21,11 @@ public enum DiskError: Error, Equatable, CustomStringConvertible, Sendable {
     case invalidArgument(String)
     /// The fault injector stopped the write stream (tests only).
     case injectedFault
+    /// Another open of the image (in this or another process, Tern or QEMU) holds a conflicting lock.
+    /// `readOnly`: the refused open only reads, so forcing sharing (`-U`) would let it proceed.
+    case inUse(String, readOnly: Bool)
+    /// Refused to protect an image or the host; the message names the problem and what to do instead.
+    case refused(String)
 
     public var description: String {
         switch self {
@@ -32,6 +37,8 @@ public enum DiskError: Error, Equatable, CustomStringConvertible, Sendable {
             return "request at offset \(o) length \(l) is past the end of the device (\(s) bytes)"
         case .invalidArgument(let s): return s
         case .injectedFault: return "injected write fault"
+        case .inUse(let s, _): return s
+        case .refused(let s): return s
         }
     }
 }
@@ -141,28 +148,65 @@ public final class PosixFile: FileIO {
     static let directFlag: Int32 = 0o40000
     #endif
 
+    /// The file's device and inode.
+    public let identity: FileIdentity
+
+    /// Opens `path`, which must be a regular file or a block device, and locks it as QEMU would: for writing
+    /// when `writable`, for shared reading otherwise, not at all with `forceShare` (read-only opens only).
     public init(path: String, writable: Bool, create: Bool = false, exclusive: Bool = false,
-                cache: CacheMode = .writeback) throws(DiskError) {
-        var flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC
+                cache: CacheMode = .writeback, forceShare: Bool = false) throws(DiskError) {
+        if forceShare && writable { throw .invalidArgument("force-share (-U) works only for read-only opens") }
+        // O_NONBLOCK keeps a FIFO from blocking the open; it is cleared once the file is known to be a file.
+        var flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK
         if create { flags |= O_CREAT }
         if exclusive { flags |= O_EXCL }
         if cache == .none { flags |= Self.directFlag }
         let fd = open(path, flags, 0o644)
         if fd < 0 {
-            if cache == .none && errno == EINVAL {
+            let e = errno
+            if cache == .none && e == EINVAL {
                 throw .unsupported("\(path): its file system does not support O_DIRECT (cache=none); use cache=writeback")
             }
-            throw .io("cannot open \(path)", errno: errno)
+            // A socket cannot be opened at all, a directory not for writing.
+            if e == ENXIO || e == EISDIR { throw .refused("not a regular file or block device") }
+            throw .io("cannot open \(path)", errno: e)
         }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = errno
+            close(fd)
+            throw .io("stat \(path)", errno: e)
+        }
+        let type = st.st_mode & S_IFMT
+        guard type == S_IFREG || type == S_IFBLK else {
+            close(fd)
+            throw .refused("not a regular file or block device")
+        }
+        guard fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0 else {
+            let e = errno
+            close(fd)
+            throw .io("open \(path)", errno: e)
+        }
+        let identity = FileIdentity(st)
+        do throws(DiskError) {
+            try ImageLock.acquire(fd: fd, path: path, access: forceShare ? .forceShare : writable ? .write : .read,
+                                  identity: identity)
+        } catch {
+            close(fd)
+            throw error
+        }
+        OpenImages.register(identity)
         self.fd = fd
         self.path = path
         self.isWritable = writable
         self.cache = cache
+        self.identity = identity
         bounce = Mutex(UnsafeMutableRawBufferPointer.allocate(
             byteCount: cache == .none ? Self.bounceSize : 0, alignment: Self.directAlignment))
     }
 
     deinit {
+        OpenImages.unregister(identity)
         close(fd)
         bounce.withLock { $0.deallocate() }
     }
