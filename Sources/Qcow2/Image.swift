@@ -185,6 +185,7 @@ public final class Qcow2Image: BlockBackend {
                 h = m.header
             }
         }
+        m.name = path ?? "qcow2 image"
         m.lazy = writable && h.version >= 3 && h.compatibleFeatures & QC.compatLazyRefcounts != 0
         self.meta = Mutex(m)
         self.sizeValue = Atomic(h.size)
@@ -616,6 +617,8 @@ public final class Qcow2Image: BlockBackend {
             } else {
                 try m.addRef(off >> m.g.bits, 1)
             }
+            try m.ensureNotCorrupt()
+            try m.checkOverlap(off, len)
             try m.file.writeBytes(z, at: off)
             let end = off + len
             // Keep the file covering the last touched cluster.
