@@ -206,6 +206,8 @@ public final class PosixFile: FileIO {
     }
 
     deinit {
+        // Unlocked explicitly: a child process forked meanwhile may share the open file description until it execs.
+        ImageLock.release(fd)
         OpenImages.unregister(identity)
         close(fd)
         bounce.withLock { $0.deallocate() }
@@ -446,10 +448,15 @@ public final class FaultInjectingFile: FileIO {
 public final class RawBackend: BlockBackend {
     public let file: any FileIO
     public let virtualSize: UInt64
+    /// Set when the format was probed rather than given: refuses first-sector writes that would change it.
+    let probedGuard: ProbedRawGuard?
 
-    public init(file: any FileIO) throws(DiskError) {
+    /// `probed`: the format was probed, not given; writes that would make the image probe as another format
+    /// are then refused.
+    public init(file: any FileIO, probed: Bool = false) throws(DiskError) {
         self.file = file
         self.virtualSize = try file.size()
+        self.probedGuard = probed ? ProbedRawGuard() : nil
     }
 
     public convenience init(path: String, writable: Bool) throws(DiskError) {
@@ -469,6 +476,11 @@ public final class RawBackend: BlockBackend {
     public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(DiskError) {
         guard file.isWritable else { throw .readOnly("raw image opened read-only") }
         try checkRange(offset, UInt64(buffer.count))
+        if let probedGuard, ProbedRawGuard.covers(offset), buffer.count > 0 {
+            return try probedGuard.guarded(self, ProbedRawGuard.writing(buffer, at: offset)) { () throws(DiskError) in
+                try file.pwrite(buffer, at: offset)
+            }
+        }
         try file.pwrite(buffer, at: offset)
     }
 
@@ -477,12 +489,26 @@ public final class RawBackend: BlockBackend {
     public func discard(at offset: UInt64, length: UInt64) throws(DiskError) {
         guard file.isWritable else { throw .readOnly("raw image opened read-only") }
         try checkRange(offset, length)
+        if let probedGuard, ProbedRawGuard.covers(offset), length > 0 {
+            return try probedGuard.guarded(self, ProbedRawGuard.zeroing(offset, length)) { () throws(DiskError) in
+                file.punchHole(at: offset, length: length)
+            }
+        }
         file.punchHole(at: offset, length: length)
     }
 
     public func writeZeroes(at offset: UInt64, length: UInt64) throws(DiskError) {
         guard file.isWritable else { throw .readOnly("raw image opened read-only") }
         try checkRange(offset, length)
+        if let probedGuard, ProbedRawGuard.covers(offset), length > 0 {
+            return try probedGuard.guarded(self, ProbedRawGuard.zeroing(offset, length)) { () throws(DiskError) in
+                try fillZeroes(at: offset, length: length)
+            }
+        }
+        try fillZeroes(at: offset, length: length)
+    }
+
+    private func fillZeroes(at offset: UInt64, length: UInt64) throws(DiskError) {
         let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { zeros.deallocate() }
         zeros.initializeMemory(as: UInt8.self, repeating: 0)

@@ -35,12 +35,6 @@ public struct Qcow2OpenOptions: Sendable {
     public init(writable: Bool = false) { self.writable = writable }
 }
 
-/// Detects the format of a file from its first bytes.
-public func probeFormat(_ file: any FileIO) throws(DiskError) -> ImageFormat {
-    let b = try file.readBytes(at: 0, count: 4)
-    return be32(b, 0) == QC.magic ? .qcow2 : .raw
-}
-
 func dirname(_ p: String) -> String {
     guard let i = p.lastIndex(of: "/") else { return "" }
     return i == p.startIndex ? "/" : String(p[..<i])
@@ -62,6 +56,8 @@ func canonicalPath(_ p: String) -> String {
 
 /// Opens an image file of either format, locked as QEMU locks it: a writable image for writing, a read-only one
 /// and every backing file for shared reading, nothing with `forceShare` (`-U`, read-only opens only).
+/// A writable image whose format is probed as raw warns once and refuses first-sector writes that would change
+/// the probed format (`ProbedRawGuard`); formats Tern does not read are refused by name (`probeFormat`).
 public func openImage(path: String, format: ImageFormat? = nil, writable: Bool = false, cache: CacheMode = .writeback,
                       forceShare: Bool = false, depth: Int = 0, seen: [String] = []) throws(DiskError) -> any BlockBackend {
     guard depth < 32 else { throw .corrupt("backing chain is deeper than 32 images") }
@@ -70,7 +66,13 @@ public func openImage(path: String, format: ImageFormat? = nil, writable: Bool =
     let fmt: ImageFormat
     if let f0 = format { fmt = f0 } else { fmt = try probeFormat(f) }
     switch fmt {
-    case .raw: return try RawBackend(file: f)
+    case .raw:
+        let probed = format == nil && writable
+        if probed {
+            let warning = "tern: WARNING: \(path): format was not specified; probed as raw, writes to block 0 that would change the probed format are refused. Specify format=raw to remove the restriction.\n"
+            _ = warning.withCString { write(2, $0, strlen($0)) }
+        }
+        return try RawBackend(file: f, probed: probed)
     case .qcow2:
         var o = Qcow2OpenOptions(writable: writable)
         o.openBacking = true

@@ -64,7 +64,7 @@ struct LockTests {
         #expect(refused?.readOnly == false)
         // Readers are refused while it is written, and a writer while it is read.
         #expect(lockError { _ = try openImage(path: p) }?.readOnly == true)
-        _ = first
+        withExtendedLifetime(first) {}
     }
 
     @Test("the same image given twice is refused, also through a symlink and a hard link")
@@ -77,7 +77,7 @@ struct LockTests {
         for other in [p, d.file("link.qcow2"), d.file("hard.qcow2")] {
             #expect(lockError { _ = try openImage(path: other, writable: true) } != nil, "\(other)")
         }
-        _ = first
+        withExtendedLifetime(first) {}
     }
 
     @Test("readers share an image; a writer waits for them to close it")
@@ -87,7 +87,7 @@ struct LockTests {
         do {
             let a = try openImage(path: p), b = try openImage(path: p)
             #expect(lockError { _ = try openImage(path: p, writable: true) }?.message == "image is in use by this process (read lock held)")
-            _ = (a, b)
+            withExtendedLifetime((a, b)) {}
         }
         _ = try openImage(path: p, writable: true)
     }
@@ -121,7 +121,7 @@ struct LockTests {
         #expect(qemuImg("info", d.file("base.qcow2")).status == 0)
         let write = run(qemuIOPath() ?? "", ["-c", "write 0 4k", d.file("base.qcow2")])
         #expect(write.err.contains("Failed to get \"write\" lock"), "\(write.err)")
-        _ = writer
+        withExtendedLifetime(writer) {}
     }
 
     @Test("QEMU sees Tern's write lock: qemu-img info needs -U, qemu-io cannot write")
@@ -136,7 +136,7 @@ struct LockTests {
         let write = run(qemuIOPath() ?? "", ["-c", "write 0 4k", p])
         #expect(write.err.contains("Failed to get \"write\" lock"), "\(write.err)")
         #expect(qemuImg("check", p).status == 1)
-        _ = writer
+        withExtendedLifetime(writer) {}
     }
 
     @Test("Tern sees QEMU's locks: a writing qemu-io refuses Tern's writers and readers, not -U")
@@ -147,7 +147,7 @@ struct LockTests {
         #expect(lockError { _ = try openImage(path: p, writable: true) }?.message == "image is in use by another process (write lock held)")
         #expect(lockError { _ = try openImage(path: p) }?.message == "image is in use by another process (write lock held)")
         #expect(try openImage(path: p, forceShare: true).virtualSize == 4 << 20)
-        _ = holder
+        withExtendedLifetime(holder) {}
     }
 
     @Test("a reading qemu-io lets Tern read but not write; raw images are locked too")
@@ -159,10 +159,10 @@ struct LockTests {
         guard let holder = QemuHolder(p, readOnly: true) else { return }
         _ = try openImage(path: p)
         #expect(lockError { _ = try openImage(path: p, writable: true) }?.message == "image is in use by another process (read lock held)")
-        _ = holder
+        withExtendedLifetime(holder) {}
         guard let rawHolder = QemuHolder(raw, format: "raw") else { return }
         #expect(lockError { _ = try openImage(path: raw, format: .raw, writable: true) } != nil)
-        _ = rawHolder
+        withExtendedLifetime(rawHolder) {}
     }
 
     @Test("an output is never written over an image in use or over the image being read")
@@ -182,6 +182,6 @@ struct LockTests {
         guard let holder = QemuHolder(other) else { return }
         #expect(lockError { try convert(reader, to: other, options: ConvertOptions()) } != nil)
         #expect(readFile(p) == before)
-        _ = holder
+        withExtendedLifetime(holder) {}
     }
 }
