@@ -30,13 +30,9 @@ public struct Qcow2OpenOptions: Sendable {
     public var backingOverride: (any BlockBackend)? = nil
     /// How the image and its backing files use the host's page cache.
     public var cache: CacheMode = .writeback
+    /// Reads without taking or testing image locks (`-U`); read-only opens only.
+    public var forceShare = false
     public init(writable: Bool = false) { self.writable = writable }
-}
-
-/// Detects the format of a file from its first bytes.
-public func probeFormat(_ file: any FileIO) throws(DiskError) -> ImageFormat {
-    let b = try file.readBytes(at: 0, count: 4)
-    return be32(b, 0) == QC.magic ? .qcow2 : .raw
 }
 
 func dirname(_ p: String) -> String {
@@ -58,20 +54,30 @@ func canonicalPath(_ p: String) -> String {
     return String(cString: r)
 }
 
-/// Opens an image file of either format.
+/// Opens an image file of either format, locked as QEMU locks it: a writable image for writing, a read-only one
+/// and every backing file for shared reading, nothing with `forceShare` (`-U`, read-only opens only).
+/// A writable image whose format is probed as raw warns once and refuses first-sector writes that would change
+/// the probed format (`ProbedRawGuard`); formats Tern does not read are refused by name (`probeFormat`).
 public func openImage(path: String, format: ImageFormat? = nil, writable: Bool = false, cache: CacheMode = .writeback,
-                      depth: Int = 0, seen: [String] = []) throws(DiskError) -> any BlockBackend {
+                      forceShare: Bool = false, depth: Int = 0, seen: [String] = []) throws(DiskError) -> any BlockBackend {
     guard depth < 32 else { throw .corrupt("backing chain is deeper than 32 images") }
     guard !seen.contains(canonicalPath(path)) else { throw .corrupt("backing chain loops back to \(path)") }
-    let f = try PosixFile(path: path, writable: writable, cache: cache)
+    let f = try PosixFile(path: path, writable: writable, cache: cache, forceShare: forceShare)
     let fmt: ImageFormat
     if let f0 = format { fmt = f0 } else { fmt = try probeFormat(f) }
     switch fmt {
-    case .raw: return try RawBackend(file: f)
+    case .raw:
+        let probed = format == nil && writable
+        if probed {
+            let warning = "tern: WARNING: \(path): format was not specified; probed as raw, writes to block 0 that would change the probed format are refused. Specify format=raw to remove the restriction.\n"
+            _ = warning.withCString { write(2, $0, strlen($0)) }
+        }
+        return try RawBackend(file: f, probed: probed)
     case .qcow2:
         var o = Qcow2OpenOptions(writable: writable)
         o.openBacking = true
         o.cache = cache
+        o.forceShare = forceShare
         return try Qcow2Image(file: f, path: path, options: o, depth: depth, seen: seen + [canonicalPath(path)])
     }
 }
@@ -98,7 +104,8 @@ public final class Qcow2Image: BlockBackend {
     public var clusterSize: UInt64 { g.cs }
 
     public convenience init(path: String, options: Qcow2OpenOptions = Qcow2OpenOptions()) throws(DiskError) {
-        try self.init(file: PosixFile(path: path, writable: options.writable), path: path, options: options)
+        try self.init(file: PosixFile(path: path, writable: options.writable, cache: options.cache, forceShare: options.forceShare),
+                      path: path, options: options)
     }
 
     public init(file: any FileIO, path: String?, options: Qcow2OpenOptions, depth: Int = 0, seen: [String] = []) throws(DiskError) {
@@ -130,10 +137,15 @@ public final class Qcow2Image: BlockBackend {
                 fmt = ff
             } else { fmt = nil }
             do {
-                backing = try openImage(path: bp, format: fmt, writable: false, cache: options.cache, depth: depth + 1, seen: seen.isEmpty ? [canonicalPath(p)] : seen)
+                backing = try openImage(path: bp, format: fmt, writable: false, cache: options.cache, forceShare: options.forceShare,
+                                        depth: depth + 1, seen: seen.isEmpty ? [canonicalPath(p)] : seen)
             } catch {
-                if case .io(_, let e) = error { throw .io("cannot open backing file \(bp)", errno: e) }
-                throw error
+                switch error {
+                case .io(_, let e): throw .io("cannot open backing file \(bp)", errno: e)
+                case .inUse(let s, let readOnly): throw .inUse("backing file \(bp): \(s)", readOnly: readOnly)
+                case .refused(let s): throw .refused("backing file \(bp): \(s)")
+                default: throw error
+                }
             }
         }
         self.backing = backing
@@ -175,6 +187,7 @@ public final class Qcow2Image: BlockBackend {
                 h = m.header
             }
         }
+        m.name = path ?? "qcow2 image"
         m.lazy = writable && h.version >= 3 && h.compatibleFeatures & QC.compatLazyRefcounts != 0
         self.meta = Mutex(m)
         self.sizeValue = Atomic(h.size)
@@ -606,6 +619,8 @@ public final class Qcow2Image: BlockBackend {
             } else {
                 try m.addRef(off >> m.g.bits, 1)
             }
+            try m.ensureNotCorrupt()
+            try m.checkOverlap(off, len)
             try m.file.writeBytes(z, at: off)
             let end = off + len
             // Keep the file covering the last touched cluster.
@@ -642,8 +657,11 @@ public final class Qcow2Image: BlockBackend {
     }
 }
 
-/// Runs `body` on a new temporary file next to `path`, then renames it over `path`.
+/// Runs `body` on a new temporary file next to `path` (locked for writing), then renames it over `path`.
+/// Refuses to replace an image this process has open (a conversion's source or one of its backing files) or
+/// one that another process holds a lock on.
 public func atomicWrite(_ path: String, _ body: (PosixFile) throws(DiskError) -> Void) throws(DiskError) {
+    try checkReplaceable(path)
     let tmp = path + ".tern-tmp-\(getpid())"
     // A stale or planted entry at the temporary name is removed, never followed: the file is created exclusively.
     unlink(tmp)
@@ -666,6 +684,23 @@ public func atomicWrite(_ path: String, _ body: (PosixFile) throws(DiskError) ->
         throw .io("rename \(tmp) to \(path)", errno: e)
     }
     syncDirectory(of: path)
+}
+
+/// Throws unless the file at `path`, if there is one, may be replaced by a new image.
+func checkReplaceable(_ path: String) throws(DiskError) {
+    guard let existing = FileIdentity(path: path) else { return }
+    if OpenImages.contains(existing) {
+        throw .refused("the output \(path) is an image being read (the same file); choose another output path")
+    }
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return }
+    do throws(DiskError) { try ImageLock.testWritable(fd: fd, path: path) } catch {
+        if case .inUse(let s, _) = error { throw .inUse("the output \(path): \(s)", readOnly: false) }
+        throw error
+    }
 }
 
 /// Makes a rename in `path`'s directory durable.

@@ -53,8 +53,8 @@ public indirect enum JSON: Sendable, Equatable {
 
 // MARK: info
 
-public func imageInfo(path: String) throws(DiskError) -> JSON {
-    let f = try PosixFile(path: path, writable: false)
+public func imageInfo(path: String, forceShare: Bool = false) throws(DiskError) -> JSON {
+    let f = try PosixFile(path: path, writable: false, forceShare: forceShare)
     let fmt = try probeFormat(f)
     var kv: [(String, JSON)] = []
     switch fmt {
@@ -123,9 +123,9 @@ public struct MapExtent: Sendable, Equatable {
 }
 
 /// The allocation map through the backing chain, merged like `qemu-img map`.
-public func imageMap(path: String) throws(DiskError) -> [MapExtent] {
+public func imageMap(path: String, forceShare: Bool = false) throws(DiskError) -> [MapExtent] {
     var chain: [(dev: any BlockBackend, path: String)] = []
-    var dev = try openImage(path: path)
+    var dev = try openImage(path: path, forceShare: forceShare)
     var p = path
     while true {
         chain.append((dev, p))
@@ -288,7 +288,8 @@ func openQcow2(_ path: String, writable: Bool, openBacking: Bool = true) throws(
 
 /// Writes every cluster the top image holds into its backing file, then empties the top image.
 public func commit(path: String, keepTop: Bool = false) throws(DiskError) {
-    let top = try openQcow2(path, writable: !keepTop)
+    // Only the top image's own clusters are read: its backing chain stays closed, so the base can be locked for writing.
+    let top = try openQcow2(path, writable: !keepTop, openBacking: false)
     guard let name = top.header.backingFile else { throw .invalidArgument("\(path) has no backing file to commit into") }
     let bp = resolveBacking(name, relativeTo: path)
     let fmt = top.header.backingFormat.flatMap { ImageFormat(rawValue: $0) }

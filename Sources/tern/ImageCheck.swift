@@ -7,11 +7,12 @@ struct ImageCheck: ParsableCommand {
         abstract: "Check a qcow2 image's metadata (exit 0 clean, 1 check failed, 2 corruption, 3 leaks).")
     @Option(name: .long, help: "Output format: human or json.") var output: OutputFormat = .human
     @Flag(name: .long, help: "Repair refcounts (leaks and errors) and COPIED flags.") var repair = false
+    @Flag(name: [.customShort("U"), .long], help: "Read the image even if another process has it open (no lock).") var forceShare = false
     @Argument(help: "Image file.") var file: String
 
     func run() throws {
         let r = try withImage(file) { () throws(DiskError) in
-            let f = try PosixFile(path: file, writable: repair)
+            let f = try PosixFile(path: file, writable: repair, forceShare: forceShare)
             guard try probeFormat(f) == .qcow2 else { throw DiskError.unsupported("check works on qcow2 images only") }
             var o = Qcow2OpenOptions(writable: repair)
             o.openBacking = false

@@ -25,6 +25,11 @@ extension Preallocation: ExpressibleByArgument {}
 func imageFailure(_ path: String, _ error: DiskError) -> ExitCode {
     let fix: String
     switch error {
+    case .inUse(_, let readOnly):
+        fix = readOnly ? "use -U to read it anyway" : "stop the program using it first"
+    case .refused:
+        printError("tern: \(path): \(error)")
+        return ExitCode(1)
     case .corrupt: fix = "run `tern image check \(path)` and repair or restore it"
     case .unsupported: fix = "convert it to a plain qcow2 v3 image first"
     case .readOnly: fix = "check the file's permissions and the image's corrupt bit"

@@ -5,10 +5,11 @@ struct ImageInfo: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info", abstract: "Show the format, size, backing file and snapshots of an image.")
     @Option(name: .long, help: "Output format: human or json.") var output: OutputFormat = .human
+    @Flag(name: [.customShort("U"), .long], help: "Read the image even if another process has it open (no lock).") var forceShare = false
     @Argument(help: "Image file.") var file: String
 
     func run() throws {
-        let info = try withImage(file) { () throws(DiskError) in try imageInfo(path: file) }
+        let info = try withImage(file) { () throws(DiskError) in try imageInfo(path: file, forceShare: forceShare) }
         if output == .json {
             print(info.render())
             return

@@ -32,7 +32,7 @@ import Testing
             #expect(read == Array(reference[offset..<(offset + count)]), "read of \(count) at \(offset)")
         }
         var buffered = [UInt8](repeating: 0, count: size)
-        try buffered.withUnsafeMutableBytes { try PosixFile(path: path, writable: false).pread($0, at: 0) }
+        try buffered.withUnsafeMutableBytes { try PosixFile(path: path, writable: false, forceShare: true).pread($0, at: 0) }
         #expect(buffered == reference)
     }
 
@@ -66,7 +66,7 @@ import Testing
         #expect(read == data)
         let check = Process()
         check.executableURL = URL(fileURLWithPath: qemuImg)
-        check.arguments = ["check", top]
+        check.arguments = ["check", "-U", top]
         try check.run()
         check.waitUntilExit()
         #expect(check.terminationStatus == 0)

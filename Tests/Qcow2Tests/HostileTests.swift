@@ -250,7 +250,7 @@ struct LazyRefcountTests {
         #expect(try readAll(c) == model.bytes)
         try c.flush()
         expectQemuClean(d.file("crash.qcow2"))
-        let info = qemuImg("info", "--output=json", p).out
+        let info = qemuImg("info", "-U", "--output=json", p).out
         #expect(info.contains("\"lazy-refcounts\": true"))
     }
 }

@@ -308,8 +308,7 @@ struct QemuWritesTests {
             let p = d.file("c\(cs).qcow2")
             #expect(qemuImg("convert", "-c", "-O", "qcow2", "-o", "cluster_size=\(cs),compression_type=\(type)", d.file("src.raw"), p).status == 0)
             try compareWithQemu(p, d)
-            let img = try Qcow2Image(path: p)
-            #expect(try img.check().compressedClusters > 0)
+            #expect(try Qcow2Image(path: p, options: { var o = Qcow2OpenOptions(); o.forceShare = true; return o }()).check().compressedClusters > 0)
             // Overwriting part of a compressed cluster copies it out.
             let rw = try openRW(p)
             var rng = RNG(1)
