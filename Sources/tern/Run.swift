@@ -73,7 +73,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("api-socket"), help: ArgumentHelp("Serve the VM's controls (status, stop, balloon) on this Unix socket (mode 0600); see `tern control`.", valueName: "path"))
     var apiSocket: String?
 
-    @Flag(help: "Let KSM merge identical guest pages (MADV_MERGEABLE).")
+    @Flag(help: "Let KSM merge identical guest pages (anonymous private RAM with MADV_MERGEABLE).")
     var mergeable = false
 
     @Flag(name: .customLong("huge-pages"), help: "Back guest RAM with transparent huge pages (MADV_HUGEPAGE).")
