@@ -22,13 +22,16 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var error: String?
     /// `status`: "running" or "stopping".
     public var state: String?
+    /// `status`: the VM's name, when it has one.
+    public var name: String?
     /// Balloon commands: what the balloon holds and what the guest last reported.
     public var balloon: BalloonReport?
 
-    public init(ok: Bool, error: String? = nil, state: String? = nil, balloon: BalloonReport? = nil) {
+    public init(ok: Bool, error: String? = nil, state: String? = nil, name: String? = nil, balloon: BalloonReport? = nil) {
         self.ok = ok
         self.error = error
         self.state = state
+        self.name = name
         self.balloon = balloon
     }
 
@@ -346,7 +349,7 @@ extension Machine {
     func handleControl(_ request: ControlRequest) -> ControlResponse {
         switch request.command {
         case "status":
-            return ControlResponse(ok: true, state: control.isStopping ? "stopping" : "running")
+            return ControlResponse(ok: true, state: control.isStopping ? "stopping" : "running", name: config.name)
         case "stop":
             control.stop(.stoppedByHost(reason: "stop requested on the control socket"))
             return ControlResponse(ok: true, state: "stopping")

@@ -79,6 +79,8 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
         self.config = config
+        var logger = logger
+        if let name = config.name { logger[metadataKey: "vm"] = "\(name)" }
         self.logger = logger
         try HostFiles.check(config.kernel, label: "--kernel \(config.kernel)", accepts: .regular)
         if let initrd = config.initrd { try HostFiles.check(initrd, label: "--initrd \(initrd)", accepts: .regular) }

@@ -7,7 +7,8 @@ import VMM
 /// 1 with a report for a crash or VMM failure, 130 when stopped by a signal, the console escape or `tern control
 /// stop`. `signals` has been taking the process's signals since the command started.
 func bootAndRun(_ settings: VMConfig, forwardInput: Bool, signals: SignalHandling) -> Never {
-    let logger = Logger(label: "tern")
+    var logger = Logger(label: "tern")
+    if let name = settings.name { logger[metadataKey: "vm"] = "\(name)" }
     let machine: Machine
     do {
         machine = try Machine(config: settings, logger: logger)

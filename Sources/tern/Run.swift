@@ -16,8 +16,11 @@ struct Run: ParsableCommand {
             disks are flushed and its control socket removed. SIGUSR1, SIGUSR2, SIGALRM and SIGPIPE are ignored.
             """)
 
-    @Option(help: ArgumentHelp("Read the VM's settings from a JSON file (keys: kernel, initrd, cmdline, memory, cpus, pin, vmm_pin, console, kvm_device, mergeable, huge_pages). Other flags override it.", valueName: "file"))
+    @Option(help: ArgumentHelp("Read the VM's settings from a JSON file (keys: name, kernel, initrd, cmdline, memory, cpus, pin, vmm_pin, console, kvm_device, mergeable, huge_pages, ...; relative paths are relative to the file). Other flags override it.", valueName: "file"))
     var config: String?
+
+    @Option(help: ArgumentHelp("A name for the VM, shown in log lines and by `tern control status`.", valueName: "name"))
+    var name: String?
 
     @Option(help: ArgumentHelp("The guest kernel: an ELF64 image, booted through PVH when it has the PVH note.", valueName: "file"))
     var kernel: String?
@@ -28,7 +31,7 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("The kernel command line.", valueName: "string"))
     var cmdline: String?
 
-    @Option(help: ArgumentHelp("Guest RAM, with a K, M, G or T suffix (default 256M).", valueName: "size"))
+    @Option(help: ArgumentHelp("Guest RAM, with a K, M, G or T suffix (default 256M); a bare number is bytes.", valueName: "size"))
     var memory: String?
 
     @Option(help: ArgumentHelp("Number of vCPUs (default 1).", valueName: "n"))
@@ -106,7 +109,10 @@ struct Run: ParsableCommand {
         if let kernel { settings.kernel = kernel }
         if let initrd { settings.initrd = initrd }
         if let cmdline { settings.cmdline = cmdline }
-        if let memory { settings.memory = try MemorySize(parsing: memory) }
+        if let memory {
+            try MemorySize.checkBareNumber(memory, option: "--memory", minimum: VMConfig.minimumMemory)
+            settings.memory = try MemorySize(parsing: memory)
+        }
         if let cpus { settings.cpus = cpus }
         if let pin { settings.pin = try PinList(parsing: pin) }
         if let vmmPin { settings.vmmPin = try CPUSet(parsing: vmmPin) }
@@ -131,7 +137,8 @@ struct Run: ParsableCommand {
         for spec in disk { settings.disks.append(try DiskSetting(parsing: spec)) }
         for spec in net { settings.nets.append(try NetSetting.parse(spec)) }
         if let vsock { settings.vsock = try VsockSetting.parse(vsock) }
-        if let balloon { settings.balloon = try BalloonSetting.parse(balloon == "on" ? "" : balloon) }
+        if let balloon { settings.balloon = try BalloonSetting.parse(balloon) }
+        if let name { settings.name = name }
         if hugePages { settings.hugePages = true }
         return settings
     }

@@ -300,4 +300,36 @@ private func temporaryPath(_ name: String) -> String {
         #expect(result.status == 0, "stderr: \(result.stderr)")
         #expect(result.stdout.split(whereSeparator: \.isNewline).contains("cmdline: alpha=1 beta"), "stdout: \(result.stdout)")
     }
+
+    @Test(arguments: [
+        (["--memory", "1024"], "tern: --memory 1024: a bare number is bytes; did you mean 1024M?\n"),
+        (["--memory", "15T"], "tern: --memory 15T is more than this host's"),
+        (["--disk", "path=a,path=b"], "tern: disk 'path=a,path=b': path is given twice; give it once\n"),
+        (["--name", "two words"], "tern: --name 'two words' is not a name"),
+    ])
+    func settingErrorsNameTheOption(arguments: [String], expected: String) throws {
+        let result = try runProcess([Repository.ternBinary(), "run", "--kernel", Repository.guest("hello")] + arguments)
+        #expect(result.status == 2)
+        #expect(result.stderr.hasPrefix(expected), "stderr: \(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").count == 1)
+        #expect(result.stdout.isEmpty)
+    }
+
+    @Test func aConfigFilesPathsAreRelativeToIt() throws {
+        let directory = temporaryPath("config")
+        try #require(mkdir(directory, 0o700) == 0)
+        let kernel = directory + "/hello.elf"
+        try #require(symlink(try Repository.guest("hello"), kernel) == 0)
+        let config = directory + "/vm.json"
+        try #require(writeFile(config, #"{"kernel": "hello.elf", "console": "file:console.txt", "balloon": "on", "name": "web-1"}"#))
+        defer {
+            for path in [kernel, config, directory + "/console.txt"] { unlink(path) }
+            rmdir(directory)
+        }
+        let result = try runProcess([Repository.ternBinary(), "run", "--config", config])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        let console = open(directory + "/console.txt", O_RDONLY)
+        #expect(console >= 0, "the console file is not next to the config file")
+        if console >= 0 { close(console) }
+    }
 }
