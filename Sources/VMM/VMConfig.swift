@@ -217,7 +217,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
             throw ConfigError("\(names.name(.pin)) '\(pin)' has \(pin.sets.count) entries for \(cpus) vCPUs; give exactly one core or set per vCPU")
         }
         guard memory.bytes >= Self.minimumMemory else {
-            throw ConfigError("\(names.name(.memory)) \(memory) is less than the \(MemorySize(bytes: Self.minimumMemory)) a guest needs; give a size with a suffix, like 256M")
+            throw ConfigError("\(names.name(.memory)) \(memory): a guest needs at least \(Self.minimumMemory >> 20) MiB; give a size with a suffix, like 256M")
         }
         guard memory.bytes % 4096 == 0 else { throw ConfigError("\(names.name(.memory)) \(memory) is not a multiple of 4 KiB") }
         let hostMemory = Self.hostMemory()

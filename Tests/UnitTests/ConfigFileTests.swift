@@ -33,7 +33,7 @@ import VMM
     @Test(arguments: [
         (#"{"kernel": "k", "memory": 2.5}"#, "vm.json: memory: 2.5 is not a whole number of bytes"),
         (#"{"kernel": "k", "memory": 1e30}"#, "vm.json: memory: 1e+30 bytes is too large"),
-        (#"{"kernel": "k", "memory": 1024}"#, "vm.json: memory 1K is less than the 2M a guest needs"),
+        (#"{"kernel": "k", "memory": 1024}"#, "vm.json: memory 1K: a guest needs at least 2 MiB"),
         (#"{"kernel": "k", "memory": "15T"}"#, "vm.json: memory 15T is more than this host's"),
         (#"{"kernel": "k", "cpus": 300}"#, "vm.json: cpus 300 is out of range"),
         (#"{"kernel": "k", "cpus": 2, "pin": "0"}"#, "vm.json: pin '0' has 1 entries for 2 vCPUs"),
