@@ -36,13 +36,25 @@ public struct MemorySize: Equatable, Sendable, Codable, CustomStringConvertible 
         bytes = value << shift
     }
 
+    /// Decodes a byte count (a JSON number) or a size string. A number must be a whole number of bytes.
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         if let bytes = try? container.decode(UInt64.self) {
             self.bytes = bytes
+        } else if let number = try? container.decode(Double.self) {
+            guard number >= 1, number.rounded() == number else {
+                throw ConfigError("\(number) is not a whole number of bytes; give bytes, or a size string like \"256M\"")
+            }
+            throw ConfigError("\(number) bytes is too large")
         } else {
             self = try MemorySize(parsing: container.decode(String.self))
         }
+    }
+
+    /// Checks a size given as a bare number of bytes against `minimum`: a user who wrote 1024 meant 1024M.
+    public static func checkBareNumber(_ text: String, option: String, minimum: UInt64) throws(ConfigError) {
+        guard let value = UInt64(text.trimmingSpaces), value < minimum else { return }
+        throw ConfigError("\(option) \(text): a bare number is bytes; did you mean \(text.trimmingSpaces)M?")
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -230,11 +242,13 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         var format: Format?
         var serial: String?
         var cache = CacheMode.writeback
+        var seen: Set<Substring> = []
         for option in text.split(separator: ",", omittingEmptySubsequences: false) {
             let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[1].isEmpty else {
                 throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none]")
             }
+            guard seen.insert(parts[0]).inserted else { throw ConfigError("disk '\(text)': \(parts[0]) is given twice; give it once") }
             let value = String(parts[1])
             switch parts[0] {
             case "path": path = value
