@@ -69,8 +69,10 @@ let package = Package(
         // System zlib (raw deflate for compressed qcow2 clusters) and libzstd (zstd clusters).
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd"),
+        // Debian's liburing (liburing-dev): io_uring for asynchronous block I/O.
+        .systemLibrary(name: "CURing", path: "Sources/CURing"),
         // Block devices: raw files and the qcow2 engine (backing chains, snapshots, compression). No KVM dependency.
-        .target(name: "Qcow2", dependencies: ["CZlib", "CZstd"]),
+        .target(name: "Qcow2", dependencies: ["CZlib", "CZstd", "CURing"]),
         // Initramfs images: a cpio newc writer, modules.dep resolution, busybox and the /init script. Stdlib + Glibc.
         .target(name: "Initramfs"),
         .testTarget(name: "InitramfsTests", dependencies: ["Initramfs"]),
@@ -91,7 +93,7 @@ let package = Package(
         .testTarget(name: "Qcow2Tests", dependencies: ["Qcow2"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["VMM", "KVM", "CKVM", "Initramfs"]
+            dependencies: ["VMM", "KVM", "CKVM", "Initramfs", .product(name: "Logging", package: "swift-log")]
         ),
     ],
     swiftLanguageModes: [.v6]
