@@ -75,8 +75,10 @@ let package = Package(
         // System zlib (raw deflate for compressed qcow2 clusters) and libzstd (zstd clusters).
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd"),
+        // Debian's liburing (liburing-dev): io_uring for asynchronous block I/O.
+        .systemLibrary(name: "CURing", path: "Sources/CURing"),
         // Block devices: raw files and the qcow2 engine (backing chains, snapshots, compression). No KVM dependency.
-        .target(name: "Qcow2", dependencies: ["CZlib", "CZstd"]),
+        .target(name: "Qcow2", dependencies: ["CZlib", "CZstd", "CURing"]),
         // Initramfs images: a cpio newc writer, modules.dep resolution, busybox and the /init script. Stdlib + Glibc.
         .target(name: "Initramfs"),
         .testTarget(name: "InitramfsTests", dependencies: ["Initramfs"]),
@@ -101,7 +103,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Devices", "GuestMemory", "Virtio", "Qcow2"], path: "Tests/TestSupport"),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["VMM", "KVM", "CKVM", "Initramfs", "TestSupport"]
+            dependencies: ["VMM", "KVM", "CKVM", "Initramfs", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
     ],
     swiftLanguageModes: [.v6]

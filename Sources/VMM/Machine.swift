@@ -163,10 +163,22 @@ public final class Machine: Sendable {
             }
             backends.append(backend)
             let serial = disk.serial ?? "tern-disk\(index)"
-            specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)") { _ in
+            specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)") { [logger] watcher in
+                var ring: BlockRingEngine?
+                if disk.aio == .ioUring {
+                    do throws(BlockRingError) {
+                        ring = try BlockRingEngine(backend: backend, queueSize: Block.defaultQueueSize, watcher: watcher)
+                        logger.debug("virtio-blk \(index): reads and writes go through io_uring")
+                    } catch .notRawFile {
+                        logger.debug("virtio-blk \(index): only raw images go through io_uring")
+                    } catch {
+                        logger.info("virtio-blk \(index): \(error); using aio=\(disk.cache == .none ? "threads" : "sync")")
+                    }
+                }
                 // O_DIRECT requests wait on the medium: keep the guest's queue depth in flight there.
-                Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial,
-                      ioWorkers: disk.cache == .none ? Self.directIOWorkers : 0)
+                let threads = disk.aio == .threads || disk.aio == .ioUring && disk.cache == .none
+                return Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial,
+                             ioWorkers: threads ? Self.directIOWorkers : 0, ring: ring)
             })
         }
         if config.virtioConsole {

@@ -211,10 +211,21 @@ extension String {
 }
 
 /// A disk given to the guest as a virtio-blk device:
-/// `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none]`.
+/// `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,aio=io_uring|threads|sync]`.
 public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible {
     public enum Format: String, Equatable, Sendable {
         case raw, qcow2
+    }
+
+    /// How reads and writes reach the image, named as QEMU names them.
+    public enum AIO: String, Equatable, Sendable {
+        /// Asynchronously through an io_uring (raw images; others, or hosts without io_uring, use the default
+        /// of the other two: `threads` with `cache=none`, else `sync`).
+        case ioUring = "io_uring"
+        /// A pool of I/O threads, each pass's reads and writes in parallel.
+        case threads
+        /// Each request in turn on the device's I/O thread.
+        case sync
     }
 
     public var path: String
@@ -226,14 +237,17 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
     /// Whether the image goes through the host page cache (`writeback`, the default) or around it with
     /// O_DIRECT (`none`). Guest flushes are made durable with fdatasync either way.
     public var cache: CacheMode
+    /// How reads and writes reach the image.
+    public var aio: AIO
 
     public init(path: String, readOnly: Bool = false, format: Format? = nil, serial: String? = nil,
-                cache: CacheMode = .writeback) {
+                cache: CacheMode = .writeback, aio: AIO = .ioUring) {
         self.path = path
         self.readOnly = readOnly
         self.format = format
         self.serial = serial
         self.cache = cache
+        self.aio = aio
     }
 
     public init(parsing text: String) throws(ConfigError) {
@@ -243,10 +257,11 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         var serial: String?
         var cache = CacheMode.writeback
         var seen: Set<Substring> = []
+        var aio = AIO.ioUring
         for option in text.split(separator: ",", omittingEmptySubsequences: false) {
             let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none]")
+                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,aio=io_uring|threads|sync]")
             }
             guard seen.insert(parts[0]).inserted else { throw ConfigError("disk '\(text)': \(parts[0]) is given twice; give it once") }
             let value = String(parts[1])
@@ -266,12 +281,17 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
                     throw ConfigError("disk '\(text)': cache '\(value)' is not writeback (page cache) or none (O_DIRECT)")
                 }
                 cache = mode
+            case "aio":
+                guard let mode = AIO(rawValue: value) else {
+                    throw ConfigError("disk '\(text)': aio '\(value)' is not io_uring, threads or sync")
+                }
+                aio = mode
             default:
-                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial or cache")
+                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial, cache or aio")
             }
         }
         guard let path else { throw ConfigError("disk '\(text)' has no path=FILE") }
-        self.init(path: path, readOnly: readOnly, format: format, serial: serial, cache: cache)
+        self.init(path: path, readOnly: readOnly, format: format, serial: serial, cache: cache, aio: aio)
     }
 
     public init(from decoder: any Decoder) throws {
@@ -289,6 +309,7 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         if let format { text += ",format=\(format.rawValue)" }
         if let serial { text += ",serial=\(serial)" }
         if cache != .writeback { text += ",cache=\(cache.rawValue)" }
+        if aio != .ioUring { text += ",aio=\(aio.rawValue)" }
         return text
     }
 }
