@@ -61,6 +61,9 @@ let package = Package(
         // Firmware tables: ACPI (RSDP, XSDT, FADT, MADT, MCFG, DSDT with an AML builder) and the MP table. Stdlib only.
         .target(name: "ACPI"),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "Devices"]),
+        // Firmware boot: the fw_cfg device and what it serves SeaBIOS (e820, SMBIOS, ACPI through the table loader).
+        .target(name: "Firmware", dependencies: ["ACPI", "Devices", "GuestMemory"]),
+        .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory"]),
         // Assembles a machine from the layers above and runs it.
         .target(
             name: "VMM",
