@@ -64,6 +64,9 @@ let package = Package(
         // The VM state model: versioned, checksummed records of every stateful part, for snapshots and migration.
         .target(name: "Snapshot", dependencies: ["KVM"]),
         .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "KVM", "TestSupport"]),
+        // Firmware boot: the fw_cfg device and what it serves SeaBIOS (e820, SMBIOS, ACPI through the table loader).
+        .target(name: "Firmware", dependencies: ["ACPI", "Devices", "GuestMemory"]),
+        .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory"]),
         // Assembles a machine from the layers above and runs it.
         .target(
             name: "VMM",
