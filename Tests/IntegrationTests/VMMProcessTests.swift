@@ -270,7 +270,7 @@ private func temporaryPath(_ name: String) -> String {
         #expect(!exists(socket))
     }
 
-    @Test(arguments: ["--kernel", "--initrd", "--config", "--console"])
+    @Test(arguments: ["--kernel", "--initrd", "--config", "--console", "--disk"])
     func aFIFOIsRefusedWithOneLine(option: String) throws {
         let fifo = temporaryPath("fifo")
         try #require(mkfifo(fifo, 0o600) == 0)
@@ -279,12 +279,14 @@ private func temporaryPath(_ name: String) -> String {
         switch option {
         case "--kernel": arguments += ["--kernel", fifo]
         case "--console": arguments += ["--kernel", try Repository.guest("hello"), "--console", "file:" + fifo]
+        case "--disk": arguments += ["--kernel", try Repository.guest("hello"), "--disk", "path=" + fifo]
         default: arguments += ["--kernel", try Repository.guest("hello"), option, fifo]
         }
         let process = try RunningProcess(arguments)
         let result = process.finish(within: 20)
         #expect(result.status == 1 || result.status == 2, "stderr: \(result.stderr)")
-        #expect(result.stderr.hasPrefix("tern: \(option) \(option == "--console" ? "file:" : "")\(fifo): a FIFO, not a regular file"),
+        let shown = option == "--console" ? "file:" + fifo : option == "--disk" ? "path=" + fifo : fifo
+        #expect(result.stderr.hasPrefix("tern: \(option) \(shown): a FIFO, not a regular file"),
                 "stderr: \(result.stderr)")
         #expect(result.stderr.split(separator: "\n").count == 1)
         #expect(result.stdout.isEmpty)
