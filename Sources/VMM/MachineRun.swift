@@ -17,8 +17,9 @@ extension Machine {
     /// taps, the console file) were acquired when the machine was built; when it stops, the disks are flushed and
     /// the control socket is removed.
     ///
-    /// The machine changes no signal disposition or mask of the process: a program that wants signals to stop
-    /// the VM handles them itself and calls `stop(_:)`, which works from any thread, before or during `run`.
+    /// Besides the handler for the signal that kicks vCPUs out of KVM_RUN (SIGRTMIN, unblocked on vCPU threads
+    /// only), the machine changes no signal disposition or mask: a program that wants signals to stop the VM
+    /// handles them itself and calls `stop(_:)`, which works from any thread, before or during `run`.
     ///
     /// - Parameters:
     ///   - hooks: observation callbacks.
