@@ -37,7 +37,7 @@ struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print Tern's version, how it was built, and the host's KVM.")
 
-    @Option(name: .customLong("kvm-device"), help: ArgumentHelp("The KVM device to describe (default /dev/kvm).", valueName: "path"))
+    @Option(name: .customLong("kvm-device"), help: ArgumentHelp("The KVM device to describe.", valueName: "path"))
     var kvmDevice = "/dev/kvm"
 
     func run() {
