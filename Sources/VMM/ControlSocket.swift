@@ -4,7 +4,7 @@ import VirtioDevices
 
 /// One command on a VM's control socket: a JSON object on one line.
 ///
-/// Commands: `status`; `stop`; `balloon` with `target` (the balloon's size, such as "512M": memory the guest gives
+/// Commands: `status` (the state, and the VM's name when it has one); `stop`; `balloon` with `target` (the balloon's size, such as "512M": memory the guest gives
 /// back; "0" returns it all); `balloon-statistics` (the guest's last memory statistics and the balloon's size).
 public struct ControlRequest: Codable, Sendable, Equatable {
     public var command: String

@@ -10,6 +10,8 @@ public enum HostFiles {
         case regular
         /// Regular files, and character devices such as /dev/null (console output).
         case output
+        /// Regular files and block devices (disk images).
+        case image
     }
 
     /// Refuses `path` unless it is a kind of file `accepted` allows; the error starts with `label`, the option and
@@ -20,9 +22,13 @@ public enum HostFiles {
         guard stat(path, &status) == 0 else { return }
         let kind = status.st_mode & S_IFMT
         switch (kind, accepted) {
-        case (S_IFREG, _), (S_IFCHR, .output): return
+        case (S_IFREG, _), (S_IFCHR, .output), (S_IFBLK, .image): return
         default:
-            let wanted = accepted == .regular ? "a regular file" : "a regular file or a character device"
+            let wanted = switch accepted {
+            case .regular: "a regular file"
+            case .output: "a regular file or a character device"
+            case .image: "a regular file or a block device"
+            }
             throw MachineError("\(label): \(describe(kind)), not \(wanted); give \(wanted)")
         }
     }

@@ -87,6 +87,7 @@ public final class Machine: Sendable {
         if console == nil, case .file(let path) = config.console {
             try HostFiles.check(path, label: "--console file:\(path)", accepts: .output)
         }
+        for disk in config.disks { try HostFiles.check(disk.path, label: "--disk \(disk)", accepts: .image) }
         controlServer = try config.apiSocket.map { path throws(MachineError) in try ControlServer(path: path) }
         let hypervisor: Hypervisor
         let software: Bool

@@ -17,8 +17,9 @@ extension Machine {
     /// taps, the console file) were acquired when the machine was built; when it stops, the disks are flushed and
     /// the control socket is removed.
     ///
-    /// The machine changes no signal disposition or mask of the process: a program that wants signals to stop
-    /// the VM handles them itself and calls `stop(_:)`, which works from any thread, before or during `run`.
+    /// Besides the handler for the signal that kicks vCPUs out of KVM_RUN (SIGRTMIN, unblocked on vCPU threads
+    /// only), the machine changes no signal disposition or mask: a program that wants signals to stop the VM
+    /// handles them itself and calls `stop(_:)`, which works from any thread, before or during `run`.
     ///
     /// - Parameters:
     ///   - hooks: observation callbacks.
@@ -135,6 +136,8 @@ extension Machine {
         let ports = portBus
         let mmio = mmioBus
         var assists = 0
+        // Read once: with tracing off (anything below -vv) the loop pays one predictable branch per exit.
+        let tracing = logger.logLevel <= .trace
         while !control.isStopping {
             let exit: VCPUExit
             do {
@@ -143,6 +146,7 @@ extension Machine {
                 control.stop(.failed("vCPU \(index): \(error)"))
                 return
             }
+            if tracing { logger.trace("vCPU \(index): exit \(exit.traceDescription)") }
             switch exit {
             case .portOut(let port, let size, let count, let data):
                 var item = UnsafeRawPointer(data)
@@ -192,6 +196,23 @@ extension Machine {
                 control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
                                                                    exit: "unhandled exit reason \(reason)")))
             }
+        }
+    }
+}
+
+extension VCPUExit {
+    /// The exit as a trace line shows it: the kind, and the address, size and data of I/O.
+    var traceDescription: String {
+        func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+        func bytes(_ data: UnsafeRawPointer, _ count: Int) -> String {
+            UnsafeRawBufferPointer(start: data, count: count).map { String($0, radix: 16) }.joined(separator: " ")
+        }
+        switch self {
+        case .portOut(let port, let size, let count, let data): return "port write \(hex(UInt64(port))) size \(size) x\(count): \(bytes(data, size * count))"
+        case .portIn(let port, let size, let count, _): return "port read \(hex(UInt64(port))) size \(size) x\(count)"
+        case .mmioWrite(let address, let length, let data): return "MMIO write \(hex(address)) size \(length): \(bytes(data, length))"
+        case .mmioRead(let address, let length, _): return "MMIO read \(hex(address)) size \(length)"
+        default: return "\(self)"
         }
     }
 }

@@ -43,9 +43,10 @@ public struct MemorySize: Equatable, Sendable, Codable, CustomStringConvertible 
             self.bytes = bytes
         } else if let number = try? container.decode(Double.self) {
             guard number >= 1, number.rounded() == number else {
-                throw ConfigError("\(number) is not a whole number of bytes; give bytes, or a size string like \"256M\"")
+                throw ConfigError("\(number) is not a positive whole number of bytes; give bytes, or a size string like \"256M\"")
             }
-            throw ConfigError("\(number) bytes is too large")
+            guard number < 0x1p64 else { throw ConfigError("\(number) bytes is too large") }
+            self.bytes = UInt64(number)
         } else {
             self = try MemorySize(parsing: container.decode(String.self))
         }

@@ -93,4 +93,3 @@ final class WakeEvent: Sendable {
         _ = Glibc.write(descriptor, &one, 8)
     }
 }
-

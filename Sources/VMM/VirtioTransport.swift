@@ -51,6 +51,16 @@ struct VirtioDeviceSpec {
 }
 
 extension Machine {
+    /// A queue-notification handler that also traces each notification when `logger` is at trace level (`-vv`);
+    /// the level is read once, so an untraced VM pays nothing.
+    static func traced(_ name: String, queue: Int, logger: Logger, _ handler: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
+        guard logger.logLevel <= .trace else { return handler }
+        return {
+            logger.trace("\(name): queue \(queue) notified")
+            handler()
+        }
+    }
+
     /// Puts each device on virtio-mmio: one 512-byte window and one level-triggered IOAPIC input each, from
     /// `virtioMMIOBase` and GSI `virtioFirstGSI` up. Queue notifications go through ioeventfds to the device's
     /// I/O thread (`ioThreads`, one per spec); should KVM refuse one, the MMIO exit still works.
@@ -82,7 +92,7 @@ extension Machine {
             }
             var descriptors: [Int32] = []
             for queue in 0..<transport.queueCount {
-                let descriptor = try ioThread.addEvent { transport.notify(queue: queue) }
+                let descriptor = try ioThread.addEvent(traced(name, queue: queue, logger: logger) { transport.notify(queue: queue) })
                 descriptors.append(descriptor)
                 do {
                     try vm.registerNotification(mmioAddress: UInt64(slot.base) + VirtioMMIOTransport.queueNotifyOffset,
@@ -199,7 +209,7 @@ extension Machine {
             var descriptors: [Int32] = []
             var offsets: [UInt64] = []
             for queue in 0..<transport.queueCount {
-                descriptors.append(try ioThread.addEvent { transport.notify(queue: queue) })
+                descriptors.append(try ioThread.addEvent(traced(name, queue: queue, logger: logger) { transport.notify(queue: queue) }))
                 offsets.append(transport.notifyOffset(queue: queue) ?? 0)
             }
             registrar.bind(descriptors: descriptors, offsets: offsets)

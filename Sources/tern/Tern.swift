@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import VMM
 
 @main
 struct Tern: ParsableCommand {
@@ -33,20 +34,49 @@ struct Tern: ParsableCommand {
 }
 
 struct Version: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print Tern's version.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print Tern's version, how it was built, and the host's KVM.")
+
+    @Option(name: .customLong("kvm-device"), help: ArgumentHelp("The KVM device to describe.", valueName: "path"))
+    var kvmDevice = "/dev/kvm"
 
     func run() {
         print("tern \(Tern.version)")
+        print("built with Swift \(Self.compilerVersion), \(Self.configurationName) configuration")
+        print("KVM: \(HostKVM.describe(device: kvmDevice))")
+    }
+
+    /// The compiler that built this binary, to the minor version.
+    static var compilerVersion: String {
+        #if compiler(>=6.4)
+        "6.4 or later"
+        #elseif compiler(>=6.3)
+        "6.3"
+        #elseif compiler(>=6.2)
+        "6.2"
+        #elseif compiler(>=6.1)
+        "6.1"
+        #else
+        "6.0"
+        #endif
+    }
+
+    static var configurationName: String {
+        #if DEBUG
+        "debug"
+        #else
+        "release"
+        #endif
     }
 }
 
 /// Options every command that logs shares.
 struct LoggingOptions: ParsableArguments {
-    @Flag(name: .shortAndLong, help: "Log more: once for info, twice for debug.")
+    @Flag(name: .shortAndLong, help: "Log more: once for info, twice for debug with a trace of guest exits and device queue notifications.")
     var verbose: Int
 
     func bootstrap() {
-        let level: Logger.Level = verbose >= 2 ? .debug : verbose == 1 ? .info : .warning
+        let level: Logger.Level = verbose >= 2 ? .trace : verbose == 1 ? .info : .warning
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level

@@ -151,12 +151,12 @@ private func temporaryPath(_ name: String) -> String {
          "--disk", "path=\(disk)"]
     }
 
-    /// Starts the waiting guest and waits until its control socket answers.
-    static func startWaitingGuest(shell: String? = nil) throws -> (RunningProcess, socket: String, disk: String) {
+    /// Starts the waiting guest (with `extra` arguments) and waits until its control socket answers.
+    static func startWaitingGuest(shell: String? = nil, extra: [String] = []) throws -> (RunningProcess, socket: String, disk: String) {
         let socket = temporaryPath("control") + ".sock"
         let disk = temporaryPath("disk") + ".raw"
         try #require(writeFile(disk, String(repeating: "\0", count: 1 << 20)))
-        let process = try RunningProcess(waitingGuest(socket: socket, disk: disk), shell: shell)
+        let process = try RunningProcess(waitingGuest(socket: socket, disk: disk) + extra, shell: shell)
         let answered = eventually {
             if case .success = ControlClient.send(ControlRequest(command: "status"), to: socket) { return true }
             return false
@@ -270,7 +270,7 @@ private func temporaryPath(_ name: String) -> String {
         #expect(!exists(socket))
     }
 
-    @Test(arguments: ["--kernel", "--initrd", "--config", "--console"])
+    @Test(arguments: ["--kernel", "--initrd", "--config", "--console", "--disk"])
     func aFIFOIsRefusedWithOneLine(option: String) throws {
         let fifo = temporaryPath("fifo")
         try #require(mkfifo(fifo, 0o600) == 0)
@@ -279,12 +279,14 @@ private func temporaryPath(_ name: String) -> String {
         switch option {
         case "--kernel": arguments += ["--kernel", fifo]
         case "--console": arguments += ["--kernel", try Repository.guest("hello"), "--console", "file:" + fifo]
+        case "--disk": arguments += ["--kernel", try Repository.guest("hello"), "--disk", "path=" + fifo]
         default: arguments += ["--kernel", try Repository.guest("hello"), option, fifo]
         }
         let process = try RunningProcess(arguments)
         let result = process.finish(within: 20)
         #expect(result.status == 1 || result.status == 2, "stderr: \(result.stderr)")
-        #expect(result.stderr.hasPrefix("tern: \(option) \(option == "--console" ? "file:" : "")\(fifo): a FIFO, not a regular file"),
+        let shown = option == "--console" ? "file:" + fifo : option == "--disk" ? "path=" + fifo : fifo
+        #expect(result.stderr.hasPrefix("tern: \(option) \(shown): a FIFO, not a regular file"),
                 "stderr: \(result.stderr)")
         #expect(result.stderr.split(separator: "\n").count == 1)
         #expect(result.stdout.isEmpty)
@@ -331,5 +333,53 @@ private func temporaryPath(_ name: String) -> String {
         let console = open(directory + "/console.txt", O_RDONLY)
         #expect(console >= 0, "the console file is not next to the config file")
         if console >= 0 { close(console) }
+    }
+
+    @Test func threadsAreNamedByRoleAndTheNameShowsInStatusAndLogs() throws {
+        let (process, socket, disk) = try Self.startWaitingGuest(extra: ["--cpus", "2", "--name", "web-1", "-v"])
+        defer { _ = unlinkFile(disk) }
+        var names: [String] = []
+        if let directory = opendir("/proc/\(process.pid)/task") {
+            while let entry = readdir(directory) {
+                let task = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                let descriptor = open("/proc/\(process.pid)/task/\(task)/comm", O_RDONLY)
+                guard descriptor >= 0 else { continue }
+                var buffer = [UInt8](repeating: 0, count: 32)
+                let count = read(descriptor, &buffer, buffer.count)
+                close(descriptor)
+                if count > 0 { names.append(String(decoding: buffer[..<count].prefix { $0 != 0x0A }, as: UTF8.self)) }
+            }
+            closedir(directory)
+        }
+        for role in ["vcpu0", "vcpu1", "io-blk0", "io-console", "control", "signals"] {
+            #expect(names.contains(role), "no thread named \(role) among \(names)")
+        }
+        let status = ControlClient.send(ControlRequest(command: "status"), to: socket)
+        #expect((try? status.get())?.name == "web-1", "\(status)")
+        _ = ControlClient.send(ControlRequest(command: "stop"), to: socket)
+        let result = process.finish()
+        #expect(result.status == 130)
+        #expect(result.stderr.contains("vm=web-1"), "stderr: \(result.stderr)")
+    }
+
+    @Test func doubleVerboseTracesExitsAndOthersDoNot() throws {
+        let traced = try runProcess([Repository.ternBinary(), "run", "-vv", "--kernel", Repository.guest("hello")])
+        #expect(traced.status == 0)
+        #expect(traced.stderr.contains("vCPU 0: exit port write 0x3f8 size 1 x1: 48"), "stderr: \(traced.stderr.prefix(2000))")
+        let quiet = try runProcess([Repository.ternBinary(), "run", "-v", "--kernel", Repository.guest("hello")])
+        #expect(quiet.status == 0)
+        #expect(!quiet.stderr.contains(" trace "))
+    }
+
+    @Test func versionReportsTheBuildAndTheHostsKVM() throws {
+        let result = try runProcess([Repository.ternBinary(), "version"])
+        #expect(result.status == 0)
+        let lines = result.stdout.split(separator: "\n")
+        #expect(lines.count == 3, "stdout: \(result.stdout)")
+        #expect(lines.first?.hasPrefix("tern ") == true)
+        #expect(lines.dropFirst().first?.hasPrefix("built with Swift 6.") == true, "stdout: \(result.stdout)")
+        #expect(lines.last?.hasPrefix("KVM: API version 12 at /dev/kvm") == true, "stdout: \(result.stdout)")
+        let missing = try runProcess([Repository.ternBinary(), "version", "--kvm-device", "/nonexistent/kvm"])
+        #expect(missing.stdout.contains("KVM: unavailable: "), "stdout: \(missing.stdout)")
     }
 }

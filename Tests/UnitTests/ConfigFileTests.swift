@@ -31,7 +31,8 @@ import VMM
     }
 
     @Test(arguments: [
-        (#"{"kernel": "k", "memory": 2.5}"#, "vm.json: memory: 2.5 is not a whole number of bytes"),
+        (#"{"kernel": "k", "memory": 2.5}"#, "vm.json: memory: 2.5 is not a positive whole number of bytes"),
+        (#"{"kernel": "k", "memory": -4096}"#, "vm.json: memory: -4096.0 is not a positive whole number of bytes"),
         (#"{"kernel": "k", "memory": 1e30}"#, "vm.json: memory: 1e+30 bytes is too large"),
         (#"{"kernel": "k", "memory": 1024}"#, "vm.json: memory 1K: a guest needs at least 2 MiB"),
         (#"{"kernel": "k", "memory": "15T"}"#, "vm.json: memory 15T is more than this host's"),
@@ -46,6 +47,11 @@ import VMM
         let text = message(json)
         #expect(text.hasPrefix(expected), "\(text)")
         #expect(!text.contains("--"), "\(text)")
+    }
+
+    @Test func aWholeNumberWrittenWithAFractionIsBytes() throws {
+        let config = try VMConfig.decode(json: Array(#"{"kernel": "k", "memory": 67108864.0}"#.utf8), source: "vm.json")
+        #expect(config.memory.bytes == 64 << 20)
     }
 
     @Test func nestedKeysMayRepeatAcrossObjects() throws {
