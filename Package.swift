@@ -17,7 +17,7 @@ let package = Package(
         // C shim over <linux/kvm.h>: ioctl numbers, signal and affinity helpers Swift cannot import.
         .target(name: "CKVM"),
         // Typed KVM bindings: /dev/kvm, VM and vCPU file descriptors.
-        .target(name: "KVM", dependencies: ["CKVM", "X86"]),
+        .target(name: "KVM", dependencies: ["CKVM", "X86", "Snapshot"]),
         // memfd-backed guest RAM with bounds-checked access.
         .target(name: "GuestMemory", dependencies: ["CKVM"]),
         // Transport-independent VirtIO core: split virtqueues, feature negotiation, the device protocol.
@@ -61,8 +61,9 @@ let package = Package(
         // Firmware tables: ACPI (RSDP, XSDT, FADT, MADT, MCFG, DSDT with an AML builder) and the MP table. Stdlib only.
         .target(name: "ACPI"),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "Devices"]),
-        // The VM state model: versioned, checksummed records of every stateful part, for snapshots and migration.
-        .target(name: "Snapshot", dependencies: ["KVM"]),
+        // The VM state format: versioned, checksummed records that every stateful part writes and reads back,
+        // for snapshots and migration. Stdlib only, so that every layer can describe its state.
+        .target(name: "Snapshot"),
         .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "KVM", "TestSupport"]),
         // Firmware boot: the fw_cfg device and what it serves SeaBIOS (e820, SMBIOS, ACPI through the table loader).
         .target(name: "Firmware", dependencies: ["ACPI", "Devices", "GuestMemory"]),

@@ -14,11 +14,14 @@ clang -O2 -fsanitize=address -I Sources/CKVM/include -c Sources/CKVM/ckvm.c -o "
 swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name X86 \
     -emit-module -emit-module-path "$OUT/snapshot-state-modules/X86.swiftmodule" \
     -c Sources/X86/*.swift -o "$OUT/snapshot-state-x86.o"
+swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name Snapshot \
+    -emit-module -emit-module-path "$OUT/snapshot-state-modules/Snapshot.swiftmodule" \
+    -c Sources/Snapshot/*.swift -o "$OUT/snapshot-state-snapshot.o"
 swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name KVM -I "$OUT/snapshot-state-modules" \
     -emit-module -emit-module-path "$OUT/snapshot-state-modules/KVM.swiftmodule" \
     -c Sources/KVM/*.swift -o "$OUT/snapshot-state-kvm.o"
 swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name SnapshotFuzz -I "$OUT/snapshot-state-modules" \
-    Sources/Snapshot/*.swift fuzz/snapshot-state/main.swift "$OUT/snapshot-state-kvm.o" "$OUT/snapshot-state-x86.o" \
+    fuzz/snapshot-state/main.swift "$OUT/snapshot-state-kvm.o" "$OUT/snapshot-state-snapshot.o" "$OUT/snapshot-state-x86.o" \
     "$OUT/snapshot-state-ckvm.o" -o "$OUT/snapshot-state-fuzz"
 # Seed: a state file holding two vCPU records (kernel structure sizes of x86-64 KVM) and the KVM VM record.
 python3 - "$OUT/snapshot-state-corpus" <<'PY'

@@ -1,4 +1,5 @@
 import KVM
+import Snapshot
 
 /// libFuzzer entry point: decodes the bytes as a state file and every section as each record type Tern restores.
 /// Any input must end in a decoded state or a StateError, never a trap, a hang or an oversized allocation.

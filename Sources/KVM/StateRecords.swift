@@ -1,4 +1,4 @@
-import KVM
+import Snapshot
 
 extension VCPUState: StateRecord {
     public static let tag = SectionTag("VCPU")
