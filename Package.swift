@@ -65,6 +65,9 @@ let package = Package(
         // for snapshots and migration. Stdlib only, so that every layer can describe its state.
         .target(name: "Snapshot"),
         .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "KVM", "TestSupport"]),
+        // The live-migration stream: addresses, frames, page batches sent from and received into guest memory.
+        .target(name: "Migration"),
+        .testTarget(name: "MigrationTests", dependencies: ["Migration", "TestSupport"]),
         // Firmware boot: the fw_cfg device and what it serves SeaBIOS (e820, SMBIOS, ACPI through the table loader).
         .target(name: "Firmware", dependencies: ["ACPI", "Devices", "GuestMemory"]),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory"]),
