@@ -142,7 +142,7 @@ private func background(_ body: @escaping @Sendable () -> Void) -> pthread_t {
         #expect(throws: MigrationError.timedOut("receiving")) { try receiver.receiveHeader() }
         _ = sender
         let (left, right) = channelPair()
-        shutdown(right.descriptor, SHUT_RDWR)
+        shutdown(right.descriptor, Int32(SHUT_RDWR))
         #expect(throws: MigrationError.peerClosed) { try left.receiveHeader() }
     }
 
