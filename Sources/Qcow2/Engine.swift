@@ -146,6 +146,8 @@ struct Meta: @unchecked Sendable {
     var markedCorrupt = false
     /// How log lines name the image.
     var name = "qcow2 image"
+    /// What a lenient open (for `check`) found wrong before the check ran, in qemu-img's words.
+    var openProblems: [String] = []
 
     var cs: UInt64 { g.cs }
 

@@ -14,7 +14,7 @@ struct ImageSafetyCLITests {
 
     @Test("verbs that write refuse an image another process writes, with one line", arguments: [
         ["snapshot", "-c", "s"], ["snapshot", "-a", "s"], ["snapshot", "-d", "s"], ["resize", "IMG", "+1M"], ["commit"],
-        ["rebase", "-u", "-b", ""], ["check", "--repair"],
+        ["rebase", "-u", "-b", ""], ["check", "-r", "all"],
     ])
     func writersRefused(verb: [String]) throws {
         let d = TempDir()
