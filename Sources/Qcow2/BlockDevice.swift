@@ -19,8 +19,6 @@ public enum DiskError: Error, Equatable, CustomStringConvertible, Sendable {
     case outOfRange(offset: UInt64, length: UInt64, size: UInt64)
     /// A bad argument from the caller (size, cluster size, option).
     case invalidArgument(String)
-    /// The fault injector stopped the write stream (tests only).
-    case injectedFault
     /// Another open of the image (in this or another process, Tern or QEMU) holds a conflicting lock.
     /// `readOnly`: the refused open only reads, so forcing sharing (`-U`) would let it proceed.
     case inUse(String, readOnly: Bool)
@@ -36,7 +34,6 @@ public enum DiskError: Error, Equatable, CustomStringConvertible, Sendable {
         case .outOfRange(let o, let l, let s):
             return "request at offset \(o) length \(l) is past the end of the device (\(s) bytes)"
         case .invalidArgument(let s): return s
-        case .injectedFault: return "injected write fault"
         case .inUse(let s, _): return s
         case .refused(let s): return s
         }
@@ -395,52 +392,6 @@ public final class MemoryFile: FileIO {
     public func allocate(at offset: UInt64, length: UInt64) throws(DiskError) {
         let s = try size()
         if offset + length > s { try truncate(offset + length) }
-    }
-}
-
-/// Passes I/O through to another file until `limit` mutating operations (writes and
-/// truncates) have completed, then fails every later one: a crash at that point.
-public final class FaultInjectingFile: FileIO {
-    public let base: any FileIO
-    private let state: Mutex<(done: Int, limit: Int)>
-
-    public init(_ base: any FileIO, failAfter limit: Int) {
-        self.base = base
-        self.state = Mutex((0, limit))
-    }
-
-    public var isWritable: Bool { base.isWritable }
-    /// Mutating operations performed so far.
-    public var operations: Int { state.withLock { $0.done } }
-
-    private func admit() throws(DiskError) {
-        let ok = state.withLock { s -> Bool in
-            if s.done >= s.limit { return false }
-            s.done += 1
-            return true
-        }
-        if !ok { throw .injectedFault }
-    }
-
-    public func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError) {
-        try base.pread(buffer, at: offset)
-    }
-    public func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
-        try admit()
-        try base.pwrite(buffer, at: offset)
-    }
-    public func size() throws(DiskError) -> UInt64 { try base.size() }
-    public func truncate(_ size: UInt64) throws(DiskError) {
-        try admit()
-        try base.truncate(size)
-    }
-    public func sync() throws(DiskError) { try base.sync() }
-    public func punchHole(at offset: UInt64, length: UInt64) {
-        if (try? admit()) != nil { base.punchHole(at: offset, length: length) }
-    }
-    public func allocate(at offset: UInt64, length: UInt64) throws(DiskError) {
-        try admit()
-        try base.allocate(at: offset, length: length)
     }
 }
 

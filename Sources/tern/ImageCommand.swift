@@ -36,7 +36,6 @@ func imageFailure(_ path: String, _ error: DiskError) -> ExitCode {
     case .io: fix = "check the path, permissions and free space"
     case .outOfRange: fix = "keep offsets within the virtual size"
     case .invalidArgument: fix = "see `tern image --help`"
-    case .injectedFault: fix = "this only happens under the test fault injector"
     }
     printError("tern: \(path): \(error); \(fix)")
     return ExitCode(1)

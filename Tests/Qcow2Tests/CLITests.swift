@@ -18,7 +18,7 @@ func tern(_ args: String...) -> ProcResult {
     return run(t, ["image"] + args)
 }
 
-@Suite("tern image command line", .serialized)
+@Suite("tern image command line", .serialized, .timeLimit(.minutes(3)))
 struct CLITests {
     @Test("verbs, JSON output and exit codes")
     func verbs() throws {

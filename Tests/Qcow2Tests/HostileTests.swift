@@ -133,7 +133,7 @@ func hostileCorpus(_ d: TempDir) throws -> [Mutant] {
     return out
 }
 
-@Suite("hostile images get clear errors, never crashes or hangs", .serialized)
+@Suite("hostile images get clear errors, never crashes or hangs", .serialized, .timeLimit(.minutes(2)))
 struct HostileTests {
     @Test func corpus() throws {
         let d = TempDir()

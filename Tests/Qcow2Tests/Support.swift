@@ -80,7 +80,7 @@ func expectQemuSame(_ path: String, _ raw: String, sourceLocation: SourceLocatio
 }
 
 func writeFile(_ path: String, _ bytes: [UInt8]) {
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
 
 func readFile(_ path: String) -> [UInt8] {
