@@ -401,6 +401,9 @@ public final class RawBackend: BlockBackend {
     public let virtualSize: UInt64
     /// Set when the format was probed rather than given: refuses first-sector writes that would change it.
     let probedGuard: ProbedRawGuard?
+    /// Whether first-sector writes are checked (the format was probed): they must then go through `write`,
+    /// never straight to the file.
+    public var guardsFirstSector: Bool { probedGuard != nil }
 
     /// `probed`: the format was probed, not given; writes that would make the image probe as another format
     /// are then refused.

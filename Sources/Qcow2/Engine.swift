@@ -146,6 +146,8 @@ struct Meta: @unchecked Sendable {
     var markedCorrupt = false
     /// How log lines name the image.
     var name = "qcow2 image"
+    /// What a lenient open (for `check`) found wrong before the check ran, in qemu-img's words.
+    var openProblems: [String] = []
 
     var cs: UInt64 { g.cs }
 
@@ -294,8 +296,13 @@ struct Meta: @unchecked Sendable {
         try willModify()
         var be = v.bigEndian
         try withUnsafeBytes(of: &be) { (b) throws(DiskError) in try file.pwrite(b, at: header.l1TableOffset + UInt64(i) * 8) }
-        if l1[i] & QC.l1OffsetMask != v & QC.l1OffsetMask { metadataMap = nil }
+        let old = l1[i] & QC.l1OffsetMask, new = v & QC.l1OffsetMask
         l1[i] = v
+        if old != new {
+            // A table another entry still points at (a corrupt image) stays in the map.
+            let stillActive = old != 0 && l1.contains { $0 & QC.l1OffsetMask == old }
+            moveMetadata(from: stillActive ? 0 : old, to: new, bytes: cs, kind: .activeL2)
+        }
     }
 
     /// Writes one L2 entry (and bitmap, with extended L2) of table `l2off`.
@@ -600,7 +607,7 @@ struct Meta: @unchecked Sendable {
         endCluster = max(endCluster, c + 1)
         fileLimit = max(fileLimit, endCluster * cs)
         refTable[rt] = off
-        metadataMap = nil
+        moveMetadata(from: 0, to: off, bytes: cs, kind: .refcountBlock)
         if rt < refTableDiskEntries {
             var be = off.bigEndian
             try withUnsafeBytes(of: &be) { (p) throws(DiskError) in try file.pwrite(p, at: header.refcountTableOffset + UInt64(rt) * 8) }

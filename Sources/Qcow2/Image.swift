@@ -32,6 +32,9 @@ public struct Qcow2OpenOptions: Sendable {
     public var cache: CacheMode = .writeback
     /// Reads without taking or testing image locks (`-U`); read-only opens only.
     public var forceShare = false
+    /// Opens what `check` must report on rather than refuse: tables past the end of the file, an empty refcount
+    /// table, a truncated snapshot table, a corrupt bit on a writable open (for repair).
+    public var lenient = false
     public init(writable: Bool = false) { self.writable = writable }
 }
 
@@ -117,10 +120,10 @@ public final class Qcow2Image: BlockBackend {
         let bitsPeek = be32(first, 20)
         let want = (9...21).contains(bitsPeek) ? Int(min(physical, UInt64(1) << UInt64(bitsPeek))) : first.count
         let c0 = want > first.count ? try file.readBytes(at: 0, count: want) : first
-        var h = try Qcow2Header.parse(c0, fileSize: physical)
+        var h = try Qcow2Header.parse(c0, fileSize: physical, lenient: options.lenient)
         let writable = options.writable && file.isWritable
         if options.writable && !file.isWritable { throw .readOnly("file opened read-only") }
-        if writable && h.incompatibleFeatures & QC.incompatCorrupt != 0 {
+        if writable && !options.lenient && h.incompatibleFeatures & QC.incompatCorrupt != 0 {
             throw .readOnly("the image is marked corrupt; writes are forbidden (run check --repair)")
         }
         self.writable = writable
@@ -165,8 +168,8 @@ public final class Qcow2Image: BlockBackend {
         var rt = [UInt64](repeating: 0, count: rtEntries)
         try rw(&rt) { (b) throws(DiskError) in try file.pread(b, at: h.refcountTableOffset) }
         for i in rt.indices { rt[i] = UInt64(bigEndian: rt[i]) }
-        let (snaps, snapBytes) = h.nbSnapshots > 0
-            ? try Qcow2Snapshot.parseTable(file, header: h, fileSize: physical) : ([], 0)
+        let (snaps, snapBytes, snapshotProblem) = h.nbSnapshots > 0
+            ? try Qcow2Snapshot.parseTable(file, header: h, fileSize: physical, lenient: options.lenient) : ([], 0, nil)
         var m = Meta(
             file: file, g: g, dp: dp, header: h, l1: l1,
             l2Max: max(16, options.l2CacheBytes / Int(g.cs)),
@@ -174,11 +177,12 @@ public final class Qcow2Image: BlockBackend {
             rbMax: max(16, (8 << 20) / Int(g.cs)),
             endCluster: (physical + g.cs - 1) / g.cs, fileLimit: fileLimit,
             snapshots: snaps, snapshotTableBytes: snapBytes)
-        if writable {
+        m.openProblems = snapshotProblem.map { [$0] } ?? []
+        if writable && !options.lenient {
             // Autoclear bits we do not maintain (bitmaps) must be cleared before the first write.
             if h.autoclearFeatures != 0 || h.incompatibleFeatures & QC.incompatDirty != 0 {
                 if h.incompatibleFeatures & QC.incompatDirty != 0 {
-                    _ = try Checker.run(&m, repair: true)
+                    _ = try Checker.run(&m, repair: .all)
                     m.header.incompatibleFeatures &= ~QC.incompatDirty
                 }
                 m.header.autoclearFeatures = 0
@@ -568,11 +572,17 @@ public final class Qcow2Image: BlockBackend {
 
     // MARK: check
 
+    /// Checks the metadata; `repair` fixes refcounts and COPIED flags (everything `RepairMode.all` fixes).
     public func check(repair: Bool = false) throws(DiskError) -> CheckResult {
-        if repair && !writable { throw .readOnly("repair needs the image opened for writing") }
+        try check(repairing: repair ? .all : nil)
+    }
+
+    /// Checks the metadata as `qemu-img check` does, repairing what `repairing` allows.
+    public func check(repairing: RepairMode?) throws(DiskError) -> CheckResult {
+        if repairing != nil && !writable { throw .readOnly("repair needs the image opened for writing") }
         return try meta.withLock { (m) throws(DiskError) -> CheckResult in
-            let r = try Checker.run(&m, repair: repair)
-            if repair { try m.syncAndClean() }
+            let r = try Checker.run(&m, repair: repairing)
+            if repairing != nil { try m.syncAndClean() }
             return r
         }
     }

@@ -50,7 +50,7 @@ public struct FileIdentity: Hashable, Sendable {
     }
 
     /// The identity of the file at `path`, following symlinks, or nil if there is none.
-    public init?(path: String) {
+    init?(path: String) {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
         self.init(st)
@@ -152,7 +152,7 @@ extension FileIdentity {
 
 /// The image files this process has open, so that an output never replaces one of them (a conversion onto
 /// its own source or a backing file, also through a symlink or hard link) and lock conflicts name their holder.
-public enum OpenImages {
+enum OpenImages {
     private static let table = Mutex<[FileIdentity: Int]>([:])
 
     static func register(_ id: FileIdentity) { table.withLock { $0[id, default: 0] += 1 } }
@@ -164,5 +164,5 @@ public enum OpenImages {
     }
 
     /// Whether this process has the file open as an image.
-    public static func contains(_ id: FileIdentity) -> Bool { table.withLock { $0[id] != nil } }
+    static func contains(_ id: FileIdentity) -> Bool { table.withLock { $0[id] != nil } }
 }

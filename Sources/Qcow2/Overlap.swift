@@ -28,7 +28,7 @@ struct MetadataMap: Sendable {
         var end: UInt64
         var kind: MetadataKind
     }
-    private let ranges: [Range]
+    private var ranges: [Range]
 
     /// Sorts `ranges`; where metadata overlaps other metadata (a corrupt image) the earlier range absorbs it.
     init(_ unsorted: [Range]) {
@@ -42,6 +42,34 @@ struct MetadataMap: Sendable {
             }
         }
         ranges = merged
+    }
+
+    /// Adds a table placed in new clusters. Returns false, leaving the map as it was, when the range overlaps
+    /// one already there (the caller then rebuilds the map).
+    mutating func insert(_ range: Range) -> Bool {
+        let index = firstIndex(startingAtOrAfter: range.start)
+        if index < ranges.count && ranges[index].start < range.end { return false }
+        if index > 0 && ranges[index - 1].end > range.start { return false }
+        ranges.insert(range, at: index)
+        return true
+    }
+
+    /// Removes the table at exactly `start..<end`. Returns false, leaving the map as it was, when there is none.
+    mutating func remove(start: UInt64, end: UInt64) -> Bool {
+        let index = firstIndex(startingAtOrAfter: start)
+        guard index < ranges.count, ranges[index].start == start, ranges[index].end == end else { return false }
+        ranges.remove(at: index)
+        return true
+    }
+
+    /// The index of the first range starting at or after `offset`.
+    private func firstIndex(startingAtOrAfter offset: UInt64) -> Int {
+        var low = 0, high = ranges.count
+        while low < high {
+            let mid = (low + high) / 2
+            if ranges[mid].start < offset { low = mid + 1 } else { high = mid }
+        }
+        return low
     }
 
     /// The metadata `length` bytes at `offset` would overlap, if any.
@@ -76,6 +104,17 @@ extension Meta {
         if header.nbSnapshots > 0 { add(header.snapshotsOffset, snapshotTableBytes, .snapshotTable) }
         for s in snapshots { add(s.l1TableOffset, UInt64(s.l1Size) * 8, .inactiveL1) }
         return MetadataMap(ranges)
+    }
+
+    /// Keeps the metadata map current when a table moves from `old` to `new` (0: none) without rebuilding it;
+    /// drops it for a rebuild when the change is not a plain move (tables overlapping in a corrupt image).
+    mutating func moveMetadata(from old: UInt64, to new: UInt64, bytes: UInt64, kind: MetadataKind) {
+        guard var map = metadataMap else { return }
+        // Unshared while it is edited, so that the edit does not copy it.
+        metadataMap = nil
+        if old != 0 && !map.remove(start: old, end: old + bytes) { return }
+        if new != 0 && !map.insert(MetadataMap.Range(start: new, end: new + bytes, kind: kind)) { return }
+        metadataMap = map
     }
 
     /// Refuses writes to an image marked corrupt.

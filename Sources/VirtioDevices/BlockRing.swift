@@ -4,7 +4,8 @@ import Virtio
 
 /// Why a block device cannot carry its I/O through io_uring.
 public enum BlockRingError: Error, CustomStringConvertible, Sendable {
-    /// Only a raw image in a host file goes through the ring (qcow2 maps and allocates clusters synchronously).
+    /// Only a raw image in a host file, its format given rather than probed, goes through the ring (qcow2 maps and
+    /// allocates clusters synchronously; a probed raw image's first-sector writes are checked by its backend).
     case notRawFile
     /// The kernel refused the ring (io_uring disabled, seccomp, an old kernel).
     case unavailable(DiskError)
@@ -13,7 +14,7 @@ public enum BlockRingError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         switch self {
-        case .notRawFile: return "only raw images go through io_uring"
+        case .notRawFile: return "only raw images whose format is given go through io_uring"
         case .unavailable(let error): return "io_uring is unavailable: \(error)"
         case .watch(let error): return "io_uring completions cannot be watched: \(error)"
         }
@@ -77,7 +78,7 @@ public final class BlockRingEngine: @unchecked Sendable {
     /// An engine for `backend`, a raw image in a host file, with room for as many requests in flight of as many
     /// buffers each as a queue of `queueSize` holds (up to `maximumSlots`), watching completions through `watcher`.
     public convenience init(backend: any BlockBackend, queueSize: UInt16, watcher: any HostEventWatcher) throws(BlockRingError) {
-        guard let raw = backend as? RawBackend, let file = raw.file as? PosixFile else { throw .notRawFile }
+        guard let raw = backend as? RawBackend, !raw.guardsFirstSector, let file = raw.file as? PosixFile else { throw .notRawFile }
         let ring: IOURing
         do {
             ring = try IOURing(entries: UInt32(min(Int(queueSize), Self.maximumSlots)))

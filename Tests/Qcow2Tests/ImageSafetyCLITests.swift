@@ -14,7 +14,7 @@ struct ImageSafetyCLITests {
 
     @Test("verbs that write refuse an image another process writes, with one line", arguments: [
         ["snapshot", "-c", "s"], ["snapshot", "-a", "s"], ["snapshot", "-d", "s"], ["resize", "IMG", "+1M"], ["commit"],
-        ["rebase", "-u", "-b", ""], ["check", "--repair"],
+        ["rebase", "-u", "-b", ""], ["check", "-r", "all"],
     ])
     func writersRefused(verb: [String]) throws {
         let d = TempDir()
@@ -106,6 +106,26 @@ struct ImageSafetyCLITests {
             }
         }
         #expect(throws: DiskError.refused("not a regular file or block device")) { _ = try openImage(path: fifo, writable: true) }
+    }
+
+    @Test("a block device is an image like a file", .enabled(if: getuid() == 0 && access("/dev/loop-control", F_OK) == 0),
+          .timeLimit(.minutes(1)))
+    func blockDevice() throws {
+        let d = TempDir()
+        let backing = d.file("loop.img")
+        var o = Qcow2CreateOptions(size: 2 << 20)
+        o.clusterSize = 4096
+        try Qcow2Image.create(path: backing, options: o)
+        let attach = run("/usr/sbin/losetup", ["-f", "--show", backing])
+        try #require(attach.status == 0, "losetup: \(attach.err)")
+        let device = attach.out.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { run("/usr/sbin/losetup", ["-d", device]) }
+        #expect(tern("info", [device]).out.contains("file format: qcow2"))
+        #expect(tern("check", [device]).status == 0)
+        // Locked like a file: a writer keeps other writers out.
+        let writer = try openImage(path: device, writable: true)
+        #expect(tern("resize", [device, "+1M"]).status == 1)
+        withExtendedLifetime(writer) {}
     }
 }
 

@@ -52,6 +52,18 @@ struct OverlapTests {
         }
     }
 
+    @Test("the hit is logged once, naming the image, the offset and the metadata")
+    func loggedOnce() throws {
+        let d = TempDir()
+        var l1 = 0
+        let p = craft(d, "log.qcow2") { offset, _, _ in l1 = offset; return offset }
+        // Ten writes at guest offset 0, the first of which hits the L1 table.
+        let r = tern("bench", ["-w", "-c", "10", "-d", "1", "-s", "512", p])
+        #expect(r.status == 1)
+        let lines = r.err.split(separator: "\n").filter { $0.contains("marking the image corrupt") }
+        #expect(lines == ["tern: \(p): marking the image corrupt: a write at host offset 0x\(String(l1, radix: 16)) would overwrite the active L1 table; further writes are refused"])
+    }
+
     @Test("writes that miss metadata pass the check; metadata moves are tracked")
     func cleanWritesPass() throws {
         let d = TempDir()

@@ -53,9 +53,10 @@ struct ProbeTests {
         #expect(Array(readFile(p).prefix(4)) == Array(qcow2.prefix(4)))
     }
 
-    @Test("VMDK, VHD, VHDX, QED and VDI files are refused by name, never read as raw", arguments: [
+    @Test("VMDK, VHD, VHDX, QED, VDI and LUKS files are refused by name, never read as raw", arguments: [
         ("vmdk", "VMDK", [String]()), ("vmdk", "VMDK", ["-o", "subformat=monolithicFlat"]), ("vpc", "VHD", []),
         ("vpc", "VHD", ["-o", "subformat=fixed"]), ("vhdx", "VHDX", []), ("qed", "QED", []), ("vdi", "VDI", []),
+        ("luks", "LUKS", ["--object", "secret,id=s0,data=tern", "-o", "key-secret=s0,iter-time=10"]),
     ])
     func foreignFormats(qemuFormat: String, name: String, options: [String]) throws {
         let d = TempDir()
