@@ -1,0 +1,144 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An opened output for `convert`, `create` and the initramfs writer.
+public struct OutputFile {
+    /// The file to write.
+    public let file: PosixFile
+    /// Whether every byte reads as zero before the first write (a new or truncated file), so writers may
+    /// skip zero ranges; a device keeps its old contents and needs them written.
+    public let startsZeroed: Bool
+    /// Whether the output is a block or character device (fixed size, written in place).
+    public let isDevice: Bool
+}
+
+/// Writes an output the way qemu-img treats what already exists at `path`, without replacing anything that
+/// is not a plain file of ours:
+/// - a new path: a temporary file beside it, renamed over it once complete;
+/// - a regular file with one link: the same, the temporary taking the old file's owner and mode first
+///   (or, if that is not permitted, the file written in place);
+/// - a regular file with several links: truncated and written in place, so that every link sees the result;
+/// - a symbolic link: followed, and its target treated as above (a dangling link creates its target);
+/// - a block or character device: written in place; `size` beyond the device's size is refused;
+/// - a FIFO, socket or directory: refused.
+/// `size` is the number of bytes the output needs, when known before writing.
+public func writeOutput(_ path: String, size: UInt64?, cache: CacheMode = .writeback,
+                        _ body: (OutputFile) throws(DiskError) -> Void) throws(DiskError) {
+    switch try classifyOutput(path, size: size) {
+    case .new: try replaceWithNewFile(path, keeping: nil, cache: cache, body)
+    case .danglingLink: try writeInPlace(path, create: true, cache: cache, body)
+    case .regular(let target, let st):
+        if st.st_nlink > 1 { return try writeInPlace(target, create: false, cache: cache, body) }
+        try replaceWithNewFile(target, keeping: st, cache: cache, body)
+    case .device(let target):
+        let file = try PosixFile(path: target, writable: true, cache: cache)
+        try body(OutputFile(file: file, startsZeroed: false, isDevice: true))
+        try file.sync()
+    }
+}
+
+/// Refuses an output path `writeOutput` would refuse, before any work is done.
+public func checkOutput(_ path: String, size: UInt64?) throws(DiskError) {
+    _ = try classifyOutput(path, size: size)
+}
+
+/// What is at an output path, after following a symbolic link.
+enum OutputKind {
+    case new
+    case danglingLink
+    case regular(path: String, stat)
+    case device(path: String)
+}
+
+func classifyOutput(_ path: String, size: UInt64?) throws(DiskError) -> OutputKind {
+    var target = path
+    var st = stat()
+    if lstat(path, &st) != 0 {
+        guard errno == ENOENT else { throw .io("cannot stat \(path)", errno: errno) }
+        return .new
+    }
+    if st.st_mode & S_IFMT == S_IFLNK {
+        // A dangling link: opening it creates its target, as qemu-img does.
+        guard let resolved = realpath(path, nil) else { return .danglingLink }
+        target = String(cString: resolved)
+        free(resolved)
+        guard lstat(target, &st) == 0 else { throw .io("cannot stat \(target)", errno: errno) }
+    }
+    switch st.st_mode & S_IFMT {
+    case S_IFREG: return .regular(path: target, st)
+    case S_IFBLK, S_IFCHR:
+        let capacity = try deviceSize(target)
+        if let size, size > capacity {
+            throw .invalidArgument("\(target) is a device of \(capacity) bytes, too small for \(size) bytes (cannot grow device files)")
+        }
+        return .device(path: target)
+    case S_IFIFO: throw .invalidArgument("\(target) is a FIFO; give a regular file or a block device")
+    case S_IFSOCK: throw .invalidArgument("\(target) is a socket; give a regular file or a block device")
+    case S_IFDIR: throw .invalidArgument("\(target) is a directory; give a file name inside it")
+    default: throw .invalidArgument("\(target) is not a regular file or a device")
+    }
+}
+
+/// Writes `contents` as the whole output at `path`, under the rules of `writeOutput`.
+public func writeOutput(_ path: String, contents: [UInt8]) throws(DiskError) {
+    try writeOutput(path, size: UInt64(contents.count)) { (out) throws(DiskError) in
+        try out.file.writeBytes(contents, at: 0)
+    }
+}
+
+/// The size of a block device, or 0 for a character device (which cannot hold an image).
+private func deviceSize(_ path: String) throws(DiskError) -> UInt64 {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    if fd < 0 { throw .io("cannot open \(path)", errno: errno) }
+    defer { close(fd) }
+    let end = lseek(fd, 0, SEEK_END)
+    return end < 0 ? 0 : UInt64(end)
+}
+
+/// Truncates and writes an existing file (or the target of a dangling link) where it is.
+private func writeInPlace(_ path: String, create: Bool, cache: CacheMode, _ body: (OutputFile) throws(DiskError) -> Void) throws(DiskError) {
+    let file = try PosixFile(path: path, writable: true, create: create, cache: cache)
+    try file.truncate(0)
+    try body(OutputFile(file: file, startsZeroed: true, isDevice: false))
+    try file.sync()
+}
+
+/// Writes a temporary file beside `path` and renames it over `path`. With `keeping`, the temporary first takes
+/// that file's owner, group and mode; when it may not, the existing file is written in place instead.
+private func replaceWithNewFile(_ path: String, keeping old: stat?, cache: CacheMode, _ body: (OutputFile) throws(DiskError) -> Void) throws(DiskError) {
+    let temporary = path + ".tern-tmp-\(getpid())"
+    // A stale or planted entry at the temporary name is removed, never followed: the file is created exclusively.
+    unlink(temporary)
+    let file: PosixFile
+    do { file = try PosixFile(path: temporary, writable: true, create: true, exclusive: true, cache: cache) } catch {
+        if case .io(_, let e) = error { throw .io("cannot create \(path)", errno: e) }
+        throw error
+    }
+    if let old {
+        if fchown(file.fd, old.st_uid, old.st_gid) != 0 || fchmod(file.fd, old.st_mode & 0o7777) != 0 {
+            unlink(temporary)
+            return try writeInPlace(path, create: false, cache: cache, body)
+        }
+    }
+    do {
+        try body(OutputFile(file: file, startsZeroed: true, isDevice: false))
+        try file.sync()
+    } catch {
+        unlink(temporary)
+        throw error
+    }
+    if rename(temporary, path) != 0 {
+        let e = errno
+        unlink(temporary)
+        throw .io("rename \(temporary) to \(path)", errno: e)
+    }
+    syncDirectory(of: path)
+}
+
+/// Whether two paths name the same file (after following links).
+public func sameFile(_ a: String, _ b: String) -> Bool {
+    var sa = stat(), sb = stat()
+    guard stat(a, &sa) == 0, stat(b, &sb) == 0 else { return false }
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+}

@@ -1,0 +1,88 @@
+import Foundation
+import Glibc
+import Qcow2
+import Testing
+
+@Suite("outputs are written to, not replaced", .serialized)
+struct OutputTests {
+    func source(_ d: TempDir) -> String {
+        writeFile(d.file("src.raw"), (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 / 3) })
+        return d.file("src.raw")
+    }
+
+    func inode(_ path: String) -> (ino: UInt64, mode: UInt32, uid: UInt32, links: UInt64, type: UInt32) {
+        var st = stat()
+        #expect(lstat(path, &st) == 0)
+        return (UInt64(st.st_ino), UInt32(st.st_mode & 0o7777), st.st_uid, UInt64(st.st_nlink), UInt32(st.st_mode & S_IFMT))
+    }
+
+    @Test("an existing file keeps its owner and mode; a hard link stays linked")
+    func ownerModeAndLinks() throws {
+        let d = TempDir()
+        let src = source(d)
+        writeFile(d.file("old.raw"), [1, 2, 3])
+        #expect(chmod(d.file("old.raw"), 0o640) == 0)
+        #expect(chown(d.file("old.raw"), 65534, 65534) == 0 || getuid() != 0)
+        let before = inode(d.file("old.raw"))
+        #expect(tern("convert", src, d.file("old.raw")).status == 0)
+        let after = inode(d.file("old.raw"))
+        #expect(after.mode == 0o640 && after.uid == before.uid)
+        #expect(readFile(d.file("old.raw")) == readFile(src))
+
+        writeFile(d.file("a"), [9])
+        #expect(link(d.file("a"), d.file("b")) == 0)
+        #expect(tern("create", "-f", "qcow2", d.file("a"), "1M").status == 0)
+        #expect(inode(d.file("a")).ino == inode(d.file("b")).ino && inode(d.file("b")).links == 2)
+        #expect(qemuImg("info", d.file("b")).out.contains("file format: qcow2"))
+        expectQemuClean(d.file("b"))
+    }
+
+    @Test("a symbolic link is followed: its target is written, the link stays")
+    func symlink() throws {
+        let d = TempDir()
+        let src = source(d)
+        writeFile(d.file("target.raw"), [1])
+        #expect(Glibc.symlink("target.raw", d.file("link.raw")) == 0)
+        #expect(tern("convert", src, d.file("link.raw")).status == 0)
+        #expect(inode(d.file("link.raw")).type == UInt32(S_IFLNK))
+        #expect(readFile(d.file("target.raw")) == readFile(src))
+        #expect(Glibc.symlink("made.raw", d.file("dangling")) == 0)
+        #expect(tern("create", d.file("dangling"), "64K").status == 0)
+        #expect(inode(d.file("dangling")).type == UInt32(S_IFLNK) && readFile(d.file("made.raw")).count == 65536)
+    }
+
+    @Test("devices are written in place and never grown; FIFOs, sockets and directories are refused with one line")
+    func devicesAndSpecialFiles() throws {
+        let d = TempDir()
+        let src = source(d)
+        for args in [["convert", src, "/dev/full"], ["create", "/dev/full", "1M"]] {
+            let r = tern(args[0], args[1], args[2])
+            #expect(r.status == 1 && r.err.contains("cannot grow device files") && r.err.split(separator: "\n").count == 1, "\(r.err)")
+            #expect(inode("/dev/full").type == UInt32(S_IFCHR))
+        }
+        #expect(mkfifo(d.file("fifo"), 0o600) == 0)
+        let fifo = tern("convert", src, d.file("fifo"))
+        #expect(fifo.status == 1 && fifo.err.contains("is a FIFO") && fifo.err.split(separator: "\n").count == 1)
+        #expect(inode(d.file("fifo")).type == UInt32(S_IFIFO))
+        let dir = tern("create", d.path, "1M")
+        #expect(dir.status == 1 && dir.err.contains("is a directory"))
+        let same = tern("convert", src, src)
+        #expect(same.status == 1 && same.err.contains("the output is the source"))
+    }
+
+    @Test("initramfs create follows the same rules")
+    func initramfs() throws {
+        guard let t = ternBinary() else { return }
+        let d = TempDir()
+        writeFile(d.file("target.cpio"), [1])
+        #expect(Glibc.symlink("target.cpio", d.file("link.cpio")) == 0)
+        #expect(chmod(d.file("target.cpio"), 0o600) == 0)
+        let r = run(t, ["initramfs", "create", "--output", d.file("link.cpio")])
+        #expect(r.status == 0, "\(r.err)")
+        #expect(inode(d.file("link.cpio")).type == UInt32(S_IFLNK))
+        #expect(inode(d.file("target.cpio")).mode == 0o600 && readFile(d.file("target.cpio")).count > 1 << 20)
+        let full = run(t, ["initramfs", "create", "--output", "/dev/full"])
+        #expect(full.status == 1 && full.err.contains("cannot grow device files"))
+        #expect(inode("/dev/full").type == UInt32(S_IFCHR))
+    }
+}
