@@ -42,16 +42,25 @@ public final class ProgressMeter {
         if percent > lastPrinted + 1 || percent < lastPrinted - 1 || percent == 100 { emit(percent) }
     }
 
-    /// Prints the final 100% and the newline, if anything was printed.
+    /// Prints the final 100% and ends the line, if anything was printed.
     public func finish() {
         guard started else { return }
         emit(100)
+        end()
+    }
+
+    /// Ends the line, if anything was printed (after a result printed over the progress line).
+    public func end() {
+        guard started else { return }
+        fflush(nil)
         write(STDOUT_FILENO, "\n", 1)
     }
 
     func emit(_ percent: Double) {
         lastPrinted = percent
         let line = "    (" + cFormat("%3.2f", percent) + "/100%)\r"
+        // What `print` buffered goes out first, so that lines keep their order.
+        fflush(nil)
         line.utf8CString.withUnsafeBufferPointer { _ = write(STDOUT_FILENO, $0.baseAddress, $0.count - 1) }
     }
 }

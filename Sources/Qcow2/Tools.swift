@@ -25,7 +25,8 @@ public indirect enum JSON: Sendable, Equatable {
             if kv.isEmpty { return "{}" }
             return "{\n" + kv.map { pad + JSON.quote($0.0) + ": " + $0.1.render(indent + 4) }.joined(separator: ",\n") + "\n" + close + "}"
         case .array(let a):
-            if a.isEmpty { return "[]" }
+            // qemu's pretty printer puts an empty list's bracket on a line of its own.
+            if a.isEmpty { return "[\n" + close + "]" }
             return "[\n" + a.map { pad + $0.render(indent + 4) }.joined(separator: ",\n") + "\n" + close + "]"
         case .string(let s): return JSON.quote(s)
         case .int(let i): return String(i)
@@ -85,6 +86,8 @@ public func imageInfo(path: String) throws(DiskError) -> JSON {
         var data: [(String, JSON)] = [("compat", .string(h.version >= 3 ? "1.1" : "0.10")),
                                       ("compression-type", .string(h.compressionType == 1 ? "zstd" : "zlib"))]
         if h.version >= 3 { data.append(("lazy-refcounts", .bool(h.compatibleFeatures & QC.compatLazyRefcounts != 0))) }
+        let bitmaps = try img.bitmaps
+        if !bitmaps.isEmpty { data.append(("bitmaps", bitmapsJSON(bitmaps))) }
         data.append(("refcount-bits", .uint(UInt64(h.refcountBits))))
         if h.version >= 3 {
             data.append(("corrupt", .bool(h.incompatibleFeatures & QC.incompatCorrupt != 0)))
@@ -159,8 +162,13 @@ func rawAllocation(_ file: any FileIO, at offset: UInt64, limit: UInt64) -> (dat
 
 /// The allocation map through the backing chain, merged like `qemu-img map`.
 public func imageMap(path: String) throws(DiskError) -> [MapExtent] {
+    try imageMap(device: openImage(path: path), path: path)
+}
+
+/// The allocation map of an open image (`path` names it in the extents).
+public func imageMap(device: any BlockBackend, path: String) throws(DiskError) -> [MapExtent] {
     var chain: [(dev: any BlockBackend, path: String)] = []
-    var dev = try openImage(path: path)
+    var dev = device
     var p = path
     while true {
         chain.append((dev, p))

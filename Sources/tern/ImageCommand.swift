@@ -11,7 +11,8 @@ struct ImageCommand: ParsableCommand {
         abstract: "Create, inspect, check and convert qcow2 and raw disk images.",
         subcommands: [
             ImageCreate.self, ImageInfo.self, ImageCheck.self, ImageConvert.self, ImageSnapshot.self,
-            ImageCommit.self, ImageRebase.self, ImageResize.self, ImageMap.self, ImageBench.self,
+            ImageCommit.self, ImageRebase.self, ImageResize.self, ImageMap.self, ImageMeasure.self, ImageCompare.self,
+            ImageAmend.self, ImageDd.self, ImageBench.self,
         ]
     )
 }
@@ -35,6 +36,11 @@ func imageFailure(_ path: String, _ error: DiskError) -> ExitCode {
     }
     printError("tern: \(path): \(error); \(fix)")
     return ExitCode(1)
+}
+
+/// Prints a usage error naming the verb's help and exits with status 2.
+func usageFailure(_ problem: String, verb: String) -> Never {
+    fail("\(problem); see 'tern image \(verb) --help'", status: 2)
 }
 
 /// Runs `body`, turning a DiskError into the one-line message and exit status 1.

@@ -39,7 +39,7 @@ struct ImageConvert: ParsableCommand {
             print(ImageSpec.help(for: outputFormat), terminator: "")
             return
         }
-        guard let source, let destination else { throw ValidationError("give the source image and the output image") }
+        guard let source, let destination else { usageFailure("give the source image and the output image", verb: "convert") }
         if sameFile(source, destination) {
             throw imageFailure(destination, .invalidArgument("the output is the source image"))
         }

@@ -27,7 +27,7 @@ struct ImageCreate: ParsableCommand {
             print(ImageSpec.help(for: format), terminator: "")
             return
         }
-        guard let file else { throw ValidationError("give the image file to create") }
+        guard let file else { usageFailure("give the image file to create", verb: "create") }
         let spec = try withImage(file) { () throws(DiskError) -> ImageSpec in
             var spec = ImageSpec(format: format)
             if let c = clusterSize { try spec.set("cluster_size", String(c.bytes)) }

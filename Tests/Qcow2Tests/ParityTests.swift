@@ -11,6 +11,18 @@ func expectSameAsQemu(_ args: [String], in dir: String, sourceLocation: SourceLo
     #expect(ours.out == theirs.out, "\(args):\n--- tern\n\(ours.out)--- qemu-img\n\(theirs.out)", sourceLocation: sourceLocation)
 }
 
+/// `tern image ARGS`.
+func ternImage(_ args: [String]) -> ProcResult {
+    guard let t = ternBinary() else { return ProcResult(status: -1, out: "", err: "") }
+    return run(t, ["image"] + args)
+}
+
+/// `qemu-img ARGS`.
+func qemuImgRun(_ args: [String]) -> ProcResult {
+    guard let q = qemuImgPath() else { return ProcResult(status: -1, out: "", err: "") }
+    return run(q, args)
+}
+
 /// Runs a program with `dir` as its working directory.
 func runIn(_ dir: String, _ exe: String, _ args: [String]) -> ProcResult {
     let p = Process()
@@ -182,5 +194,85 @@ struct ParityTests {
         let rebased = tern("rebase", "-p", "-b", "base.qcow2", "-F", "qcow2", d.file("top.qcow2"))
         #expect(rebased.status == 0 && rebased.out.hasSuffix("    (100.00/100%)\r\n"))
         expectQemuSame(d.file("top.qcow2"), d.file("expect.raw"))
+    }
+
+    @Test("measure: the numbers qemu-img gives, human and json")
+    func measureSizes() throws {
+        let d = try images()
+        qemuIO(d.file("top.qcow2"), ["write -P 9 1536k 100k"])
+        #expect(qemuImg("bitmap", "--add", "-g", "512k", d.file("z.qcow2"), "b1").status == 0)
+        let cases: [[String]] = [
+            ["-O", "qcow2", "top.qcow2"], ["-O", "qcow2", "base.raw"], ["top.qcow2"], ["-O", "qcow2", "--size", "10G"],
+            ["-O", "qcow2", "-o", "cluster_size=4k,preallocation=metadata", "top.qcow2"],
+            ["-O", "qcow2", "-o", "extended_l2=on", "--size", "1G"], ["-O", "qcow2", "-o", "refcount_bits=1", "--size", "1T"],
+            ["-O", "qcow2", "-o", "preallocation=full", "--size", "1G"], ["-O", "qcow2", "-o", "compat=0.10", "--size", "1G"],
+            ["-O", "qcow2", "-o", "backing_file=base.raw", "top.qcow2"], ["-O", "qcow2", "z.qcow2"], ["-O", "raw", "--size", "1000"],
+        ]
+        for args in cases {
+            expectSameAsQemu(["measure"] + args, in: d.path)
+            expectSameAsQemu(["measure", "--output", "json"] + args, in: d.path)
+        }
+    }
+
+    @Test("compare: messages, offsets and exit statuses")
+    func compare() throws {
+        let d = try images()
+        writeFile(d.file("a.raw"), [UInt8](repeating: 0, count: 1 << 20))
+        var b = [UInt8](repeating: 0, count: 1 << 20)
+        b[1000] = 1
+        writeFile(d.file("b.raw"), b)
+        var c = [UInt8](repeating: 0, count: 2 << 20)
+        c[1_500_000] = 1
+        writeFile(d.file("c.raw"), c)
+        writeFile(d.file("zeros.raw"), [UInt8](repeating: 0, count: 2 << 20))
+        #expect(qemuImg("convert", "-O", "qcow2", d.file("top.qcow2"), d.file("copy.qcow2")).status == 0)
+        for args in [["a.raw", "b.raw"], ["a.raw", "a.raw"], ["a.raw", "c.raw"], ["c.raw", "a.raw"], ["a.raw", "zeros.raw"],
+                     ["-s", "a.raw", "c.raw"], ["-q", "a.raw", "b.raw"], ["top.qcow2", "copy.qcow2"], ["-s", "top.qcow2", "top.qcow2"],
+                     ["-p", "a.raw", "a.raw"], ["-p", "a.raw", "b.raw"], ["-f", "qcow2", "-F", "raw", "z.qcow2", "a.raw"]] {
+            expectSameAsQemu(["compare"] + args, in: d.path)
+        }
+        #expect(tern("compare", d.file("a.raw"), d.file("missing")).status == 2)
+    }
+
+    @Test("dd: bs, count and skip as qemu-img dd")
+    func ddCopies() throws {
+        let d = TempDir()
+        writeFile(d.file("src.raw"), (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 / 4093) })
+        for (name, args) in [("a", ["bs=1M", "count=3", "skip=1"]), ("b", ["bs=64k", "skip=2"]), ("c", ["count=100"]),
+                             ("d", ["bs=1M", "skip=100"])] {
+            #expect(ternImage(["dd", "if=" + d.file("src.raw"), "of=" + d.file("t-\(name)")] + args).status == 0)
+            #expect(qemuImgRun(["dd", "if=" + d.file("src.raw"), "of=" + d.file("q-\(name)")] + args).status == 0)
+            #expect(readFile(d.file("t-\(name)")) == readFile(d.file("q-\(name)")), "\(args)")
+        }
+        #expect(tern("dd", "-O", "qcow2", "bs=64k", "skip=3", "if=" + d.file("src.raw"), "of=" + d.file("t.qcow2")).status == 0)
+        #expect(qemuImg("dd", "-O", "qcow2", "bs=64k", "skip=3", "if=" + d.file("src.raw"), "of=" + d.file("q.qcow2")).status == 0)
+        #expect(qemuImg("compare", d.file("t.qcow2"), d.file("q.qcow2")).status == 0)
+        expectQemuClean(d.file("t.qcow2"))
+        #expect(tern("dd", "bs=0", "if=" + d.file("src.raw"), "of=" + d.file("x")).status == 2)
+    }
+
+    @Test("amend: compat upgrade with snapshots, lazy refcounts, size; creation-only options refused")
+    func amendOptions() throws {
+        let d = TempDir()
+        #expect(qemuImg("create", "-f", "qcow2", "-o", "compat=0.10", d.file("a.qcow2"), "1M").status == 0)
+        qemuIO(d.file("a.qcow2"), ["write -P 3 0 64k"])
+        try openRW(d.file("a.qcow2")).createSnapshot(name: "before")
+        #expect(qemuImg("convert", "-O", "raw", d.file("a.qcow2"), d.file("a.raw")).status == 0)
+        let amended = tern("amend", "-p", "-o", "compat=1.1,lazy_refcounts=on", d.file("a.qcow2"))
+        #expect(amended.status == 0, "\(amended.err)")
+        #expect(amended.out == "    (0.00/100%)\r    (100.00/100%)\r\n")
+        let info = qemuImg("info", d.file("a.qcow2")).out
+        #expect(info.contains("compat: 1.1") && info.contains("lazy refcounts: true") && info.contains("before"))
+        expectQemuClean(d.file("a.qcow2"))
+        expectQemuSame(d.file("a.qcow2"), d.file("a.raw"))
+        #expect(qemuImg("snapshot", "-a", "before", d.file("a.qcow2")).status == 0)
+        #expect(tern("amend", "-o", "size=4M,lazy_refcounts=off", d.file("a.qcow2")).status == 0)
+        #expect(qemuImg("info", d.file("a.qcow2")).out.contains("virtual size: 4 MiB"))
+        for option in ["cluster_size=4k", "extended_l2=on", "compression_type=zstd", "preallocation=full", "backing_file=a.raw",
+                       "refcount_bits=8", "compat=0.10", "size=1M"] {
+            let r = tern("amend", "-o", option, d.file("a.qcow2"))
+            #expect(r.status == 1 && r.err.split(separator: "\n").count == 1, "\(option): \(r.err)")
+        }
+        expectQemuClean(d.file("a.qcow2"))
     }
 }
