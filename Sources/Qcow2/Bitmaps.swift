@@ -133,3 +133,254 @@ func bitmapsJSON(_ bitmaps: [Qcow2Bitmap]) -> JSON {
         return .object([("flags", .array(flags)), ("name", .string(b.name)), ("granularity", .uint(b.granularity))])
     })
 }
+
+// MARK: editing
+
+/// One change to an image's persistent bitmaps, as `qemu-img bitmap` makes them.
+public enum BitmapAction: Sendable, Equatable {
+    /// A new, empty, enabled bitmap; granularity defaults to the cluster size (at least 4 KiB).
+    case add(granularity: UInt64?)
+    case remove
+    /// Marks nothing dirty.
+    case clear
+    /// Tracks writes (the `auto` flag).
+    case enable
+    case disable
+    /// Adds the dirty bits of bitmap `source`, of the image at `sourcePath` or of this image.
+    case merge(source: String, sourcePath: String?)
+    /// Marks a guest byte range dirty (for writers that track their own writes, such as migration).
+    case markDirty(offset: UInt64, length: UInt64)
+}
+
+/// The operation names qemu-img uses in its error lines.
+extension BitmapAction {
+    public var operationName: String {
+        switch self {
+        case .add: return "add"
+        case .remove: return "remove"
+        case .clear: return "clear"
+        case .enable: return "enable"
+        case .disable: return "disable"
+        case .merge: return "merge"
+        case .markDirty: return "mark"
+        }
+    }
+}
+
+/// A bitmap being edited: its entry and, once loaded or changed, its bits (bit i of byte k covers
+/// guest bytes [(8k + i) * granularity, (8k + i + 1) * granularity)).
+struct EditedBitmap {
+    var entry: Qcow2Bitmap
+    var bits: [UInt8]?
+    /// Whether the table and data must be written anew.
+    var rewrite = false
+}
+
+/// Loads the bits of bitmap `b` of a disk of `size` bytes.
+func readBitmapBits(_ file: any FileIO, _ b: Qcow2Bitmap, size: UInt64, clusterSize cs: UInt64) throws(DiskError) -> [UInt8] {
+    let byteCount = Int(Qcow2Bitmap.bitmapBytes(size: size, granularity: b.granularity))
+    guard UInt64(b.tableSize) >= divRoundUp(UInt64(byteCount), cs) else {
+        throw .corrupt("bitmap '\(b.name)' has a table of \(b.tableSize) entries, too few for the disk")
+    }
+    var bits = [UInt8](repeating: 0, count: byteCount)
+    let table = try file.readBytes(at: b.tableOffset, count: Int(b.tableSize) * 8)
+    let fileSize = try file.size()
+    var k = 0
+    while k * Int(cs) < byteCount {
+        let entry = be64(table, 8 * k)
+        let offset = entry & QC.l2OffsetMask
+        let start = k * Int(cs), n = min(Int(cs), byteCount - start)
+        if offset == 0 {
+            if entry & 1 != 0 { for i in start..<start + n { bits[i] = 0xff } }
+        } else {
+            guard offset % cs == 0, offset + cs <= fileSize + cs else {
+                throw .corrupt("bitmap '\(b.name)' points at data outside the file (\(hex(offset)))")
+            }
+            let data = try file.readBytes(at: offset, count: n)
+            bits.replaceSubrange(start..<start + n, with: data)
+        }
+        k += 1
+    }
+    return bits
+}
+
+/// The guest ranges bitmap `name` of the image at `path` marks dirty, merged and in order.
+public func dirtyRanges(path: String, bitmap name: String) throws(DiskError) -> [Range<UInt64>] {
+    let image = try openQcow2(path, writable: false, openBacking: false)
+    guard let b = try image.bitmaps.first(where: { $0.name == name }) else { throw .invalidArgument("dirty bitmap '\(name)' not found") }
+    let bits = try readBitmapBits(image.file, b, size: image.virtualSize, clusterSize: image.clusterSize)
+    var out: [Range<UInt64>] = []
+    for (k, byte) in bits.enumerated() where byte != 0 {
+        for i in 0..<8 where byte & (1 << i) != 0 {
+            let start = UInt64(8 * k + i) * b.granularity
+            guard start < image.virtualSize else { break }
+            let end = min(start + b.granularity, image.virtualSize)
+            if let last = out.last, last.upperBound == start { out[out.count - 1] = last.lowerBound..<end } else { out.append(start..<end) }
+        }
+    }
+    return out
+}
+
+/// Applies `actions`, in order, to bitmap `name` of the qcow2 image at `path`, then writes the bitmaps that changed,
+/// a new directory and the header (new clusters first, the header last, old clusters freed after).
+public func editBitmaps(path: String, name: String, _ actions: [BitmapAction]) throws(DiskError) {
+    // Every action is checked and applied in memory first, through a read-only open: the writable open
+    // invalidates the bitmaps until the new directory is written, so it must not fail half way.
+    let current = try openQcow2(path, writable: false, openBacking: false)
+    guard current.header.version >= 3 else {
+        throw .unsupported("persistent bitmaps need compat=1.1; run `tern image amend -o compat=1.1` first")
+    }
+    let oldExtension = current.header.autoclearFeatures & QC.autoclearBitmaps != 0 ? try BitmapsExtension(current.header) : nil
+    let size = current.virtualSize, cs = current.clusterSize
+    var list = try current.bitmaps.map { EditedBitmap(entry: $0) }
+    var freed: [Qcow2Bitmap] = []
+    func bits(_ i: Int) throws(DiskError) -> [UInt8] {
+        if let b = list[i].bits { return b }
+        let b = try readBitmapBits(current.file, list[i].entry, size: size, clusterSize: cs)
+        list[i].bits = b
+        return b
+    }
+    for action in actions {
+        let index = list.firstIndex { $0.entry.name == name }
+        if case .add(let granularity) = action {
+            guard index == nil else { throw .invalidArgument("Operation add on bitmap \(name) failed: Bitmap already exists: \(name)") }
+            guard !name.isEmpty, name.utf8.count <= BitmapsExtension.maxNameSize else {
+                throw .invalidArgument("bitmap names are 1 to \(BitmapsExtension.maxNameSize) bytes")
+            }
+            let g = granularity ?? max(4096, cs)
+            guard g.nonzeroBitCount == 1, (512...(UInt64(1) << 31)).contains(g) else {
+                throw .invalidArgument("Operation add on bitmap \(name) failed: Granularity must be power of 2 between 512 and 2^31")
+            }
+            guard list.count < Int(BitmapsExtension.maxBitmaps) else { throw .unsupported("more than \(BitmapsExtension.maxBitmaps) bitmaps") }
+            let entry = Qcow2Bitmap(name: name, tableOffset: 0, tableSize: 0, flags: Qcow2Bitmap.flagAuto,
+                                    granularityBits: UInt8(g.trailingZeroBitCount))
+            list.append(EditedBitmap(entry: entry, bits: [UInt8](repeating: 0, count: Int(Qcow2Bitmap.bitmapBytes(size: size, granularity: g))), rewrite: true))
+            continue
+        }
+        guard let i = index else { throw .invalidArgument("Operation \(action.operationName) on bitmap \(name) failed: Dirty bitmap '\(name)' not found") }
+        switch action {
+        case .add: break
+        case .remove:
+            if list[i].entry.tableOffset != 0 { freed.append(list[i].entry) }
+            list.remove(at: i)
+        case .clear:
+            list[i].bits = [UInt8](repeating: 0, count: Int(Qcow2Bitmap.bitmapBytes(size: size, granularity: list[i].entry.granularity)))
+            list[i].rewrite = true
+        case .enable: list[i].entry.flags |= Qcow2Bitmap.flagAuto
+        case .disable: list[i].entry.flags &= ~Qcow2Bitmap.flagAuto
+        case .merge(let source, let sourcePath):
+            let from: Qcow2Bitmap, sourceBits: [UInt8], sourceSize: UInt64
+            if let sourcePath {
+                let other = try openQcow2(sourcePath, writable: false, openBacking: false)
+                guard let b = try other.bitmaps.first(where: { $0.name == source }) else {
+                    throw .invalidArgument("Operation merge on bitmap \(name) failed: Dirty bitmap '\(source)' not found")
+                }
+                from = b
+                sourceSize = other.virtualSize
+                sourceBits = try readBitmapBits(other.file, b, size: sourceSize, clusterSize: other.clusterSize)
+            } else {
+                guard let j = list.firstIndex(where: { $0.entry.name == source }) else {
+                    throw .invalidArgument("Operation merge on bitmap \(name) failed: Dirty bitmap '\(source)' not found")
+                }
+                from = list[j].entry
+                sourceSize = size
+                sourceBits = try bits(j)
+            }
+            var target = try bits(i)
+            let g = list[i].entry.granularity
+            for (k, byte) in sourceBits.enumerated() where byte != 0 {
+                for b in 0..<8 where byte & (1 << b) != 0 {
+                    let start = UInt64(8 * k + b) * from.granularity
+                    guard start < min(size, sourceSize) else { break }
+                    setBits(&target, granularity: g, from: start, to: min(start + from.granularity, size))
+                }
+            }
+            list[i].bits = target
+            list[i].rewrite = true
+        case .markDirty(let offset, let length):
+            guard offset <= size, length <= size - offset else { throw .outOfRange(offset: offset, length: length, size: size) }
+            var target = try bits(i)
+            setBits(&target, granularity: list[i].entry.granularity, from: offset, to: offset + length)
+            list[i].bits = target
+            list[i].rewrite = true
+        }
+    }
+    let image = try openQcow2(path, writable: true, openBacking: false)
+    try image.meta.withLock { (m) throws(DiskError) in
+        for i in list.indices where list[i].rewrite {
+            if list[i].entry.tableOffset != 0 { freed.append(list[i].entry) }
+            let (offset, entries) = try m.writeBitmapData(list[i].bits!)
+            list[i].entry.tableOffset = offset
+            list[i].entry.tableSize = entries
+        }
+        var directory = [UInt8]()
+        for b in list.map(\.entry) {
+            directory.append64(b.tableOffset)
+            directory.append32(b.tableSize)
+            directory.append32(b.flags & ~Qcow2Bitmap.flagInUse)
+            directory.append(1)
+            directory.append(b.granularityBits)
+            directory.append16(UInt16(b.name.utf8.count))
+            directory.append32(UInt32(b.extraData.count))
+            directory.append(contentsOf: b.extraData)
+            directory.append(contentsOf: Array(b.name.utf8))
+            directory.padTo8()
+        }
+        m.header.otherExtensions.removeAll { $0.type == QC.extBitmaps }
+        if list.isEmpty {
+            m.header.autoclearFeatures &= ~QC.autoclearBitmaps
+        } else {
+            let offset = try m.writeNewTable(directory)
+            let ext = BitmapsExtension(count: UInt32(list.count), directorySize: UInt64(directory.count), directoryOffset: offset)
+            m.header.otherExtensions.append((QC.extBitmaps, ext.bytes))
+            m.header.autoclearFeatures |= QC.autoclearBitmaps
+        }
+        try m.file.sync()
+        try m.rewriteHeader()
+        try m.file.sync()
+        if let old = oldExtension { try m.freeClusters(old.directoryOffset, bytes: old.directorySize) }
+        for b in freed { try m.freeBitmapData(b) }
+        try m.syncAndClean()
+    }
+}
+
+/// Sets the bits of a bitmap of granularity `g` that cover guest bytes [from, to).
+func setBits(_ bits: inout [UInt8], granularity g: UInt64, from: UInt64, to: UInt64) {
+    guard to > from else { return }
+    var i = Int(from / g)
+    let last = Int((to - 1) / g)
+    while i <= last, i / 8 < bits.count {
+        bits[i / 8] |= 1 << UInt8(i % 8)
+        i += 1
+    }
+}
+
+extension Meta {
+    /// Writes bitmap bits into new clusters (all-zero clusters stay unallocated) and a new table for them.
+    /// Returns the table's offset and entry count.
+    mutating func writeBitmapData(_ bits: [UInt8]) throws(DiskError) -> (UInt64, UInt32) {
+        let clusters = Int(divRoundUp(UInt64(bits.count), cs))
+        var table = [UInt8]()
+        for k in 0..<clusters {
+            let slice = bits[(k * Int(cs))..<min((k + 1) * Int(cs), bits.count)]
+            if slice.allSatisfy({ $0 == 0 }) {
+                table.append64(0)
+            } else {
+                table.append64(try writeNewTable(Array(slice)))
+            }
+        }
+        guard clusters > 0 else { return (0, 0) }
+        return (try writeNewTable(table), UInt32(clusters))
+    }
+
+    /// Frees a bitmap's data clusters and table.
+    mutating func freeBitmapData(_ b: Qcow2Bitmap) throws(DiskError) {
+        guard b.tableOffset != 0, b.tableSize > 0 else { return }
+        let table = try file.readBytes(at: b.tableOffset, count: Int(b.tableSize) * 8)
+        for k in 0..<Int(b.tableSize) {
+            let offset = be64(table, 8 * k) & QC.l2OffsetMask
+            if offset != 0 { try freeClusters(offset, bytes: cs) }
+        }
+        try freeClusters(b.tableOffset, bytes: UInt64(b.tableSize) * 8)
+    }
+}

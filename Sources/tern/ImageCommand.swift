@@ -12,7 +12,7 @@ struct ImageCommand: ParsableCommand {
         subcommands: [
             ImageCreate.self, ImageInfo.self, ImageCheck.self, ImageConvert.self, ImageSnapshot.self,
             ImageCommit.self, ImageRebase.self, ImageResize.self, ImageMap.self, ImageMeasure.self, ImageCompare.self,
-            ImageAmend.self, ImageDd.self, ImageBench.self,
+            ImageAmend.self, ImageDd.self, ImageBitmap.self, ImageBench.self,
         ]
     )
 }
