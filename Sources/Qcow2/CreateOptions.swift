@@ -213,11 +213,11 @@ public func createImage(_ path: String, spec: inout ImageSpec, openBacking: Bool
             try out.file.truncate(size)
             if options.qcow2.preallocation == .full && size > 0 { try out.file.allocate(at: 0, length: size) }
         case .qcow2:
-            guard !out.isDevice else { throw .unsupported("qcow2 images on the device \(path); create a raw image there") }
+            let file = try out.imageFile()
             var co = options.qcow2
             co.size = size
-            try Qcow2Image.create(file: out.file, options: co)
-            if options.zstd { try setCompressionType(zstd: true, in: out.file) }
+            try Qcow2Image.create(file: file, options: co)
+            if options.zstd { try setCompressionType(zstd: true, in: file) }
         }
     }
 }

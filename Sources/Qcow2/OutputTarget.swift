@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// An opened output for `convert`, `create` and the initramfs writer.
 public struct OutputFile {
@@ -11,6 +12,10 @@ public struct OutputFile {
     public let startsZeroed: Bool
     /// Whether the output is a block or character device (fixed size, written in place).
     public let isDevice: Bool
+
+    /// The file an image format with its own layout (qcow2) is written to: on a device, a view that starts
+    /// empty and grows up to the device's capacity.
+    public func imageFile() throws(DiskError) -> any FileIO { isDevice ? try DeviceFile(file) : file }
 }
 
 /// Writes an output the way qemu-img treats what already exists at `path`, without replacing anything that
@@ -134,6 +139,52 @@ private func replaceWithNewFile(_ path: String, keeping old: stat?, cache: Cache
         throw .io("rename \(temporary) to \(path)", errno: e)
     }
     syncDirectory(of: path)
+}
+
+/// A block device holding an image file: its size is how far the image reaches (what was truncated to or
+/// written), not the device's capacity, so that a qcow2 image grows from the device's start; nothing goes past
+/// the capacity.
+final class DeviceFile: FileIO {
+    let device: PosixFile
+    let capacity: UInt64
+    let end: Mutex<UInt64>
+
+    init(_ device: PosixFile) throws(DiskError) {
+        self.device = device
+        capacity = try deviceSize(device.path)
+        end = Mutex(0)
+    }
+
+    var isWritable: Bool { device.isWritable }
+
+    func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        let limit = end.withLock { $0 }
+        let n = offset >= limit ? 0 : Int(min(UInt64(buffer.count), limit - offset))
+        if n > 0 { try device.pread(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]), at: offset) }
+        // Past the image's end the device holds old data; the image reads zeros there, as past a file's end.
+        if n < buffer.count { UnsafeMutableRawBufferPointer(rebasing: buffer[n...]).initializeMemory(as: UInt8.self, repeating: 0) }
+    }
+
+    func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
+        let newEnd = offset + UInt64(buffer.count)
+        guard newEnd <= capacity else { throw .io("write \(device.path) past its \(capacity) bytes", errno: ENOSPC) }
+        try device.pwrite(buffer, at: offset)
+        end.withLock { $0 = max($0, newEnd) }
+    }
+
+    func size() throws(DiskError) -> UInt64 { end.withLock { $0 } }
+
+    func truncate(_ size: UInt64) throws(DiskError) {
+        guard size <= capacity else { throw .invalidArgument("\(device.path) holds \(capacity) bytes; the image needs \(size) (cannot grow device files)") }
+        end.withLock { $0 = size }
+    }
+
+    func sync() throws(DiskError) { try device.sync() }
+    func punchHole(at offset: UInt64, length: UInt64) {}
+    func allocate(at offset: UInt64, length: UInt64) throws(DiskError) {
+        guard offset + length <= capacity else { throw .io("allocate in \(device.path) past its \(capacity) bytes", errno: ENOSPC) }
+        end.withLock { $0 = max($0, offset + length) }
+    }
 }
 
 /// Whether two paths name the same file (after following links).

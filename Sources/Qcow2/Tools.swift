@@ -302,14 +302,14 @@ public func convert(_ source: any BlockBackend, to path: String, options: Conver
             }
             try copyImage(source, into: RawBackend(file: out.file), options, zeroed: out.startsZeroed, progress)
         case .qcow2:
-            guard !out.isDevice else { throw .unsupported("qcow2 output onto the device \(path); convert to it with -O raw") }
+            let file = try out.imageFile()
             var co = options.create
             co.size = size
-            try Qcow2Image.create(file: out.file, options: co)
-            if options.zstd { try setCompressionType(zstd: true, in: out.file) }
+            try Qcow2Image.create(file: file, options: co)
+            if options.zstd { try setCompressionType(zstd: true, in: file) }
             var o = Qcow2OpenOptions(writable: true)
             o.openBacking = false
-            let img = try Qcow2Image(file: out.file, path: nil, options: o)
+            let img = try Qcow2Image(file: file, path: nil, options: o)
             try copyImage(source, into: img, options, zeroed: true, progress)
             try img.finishWrites()
         }

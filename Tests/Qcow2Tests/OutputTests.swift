@@ -85,4 +85,32 @@ struct OutputTests {
         #expect(full.status == 1 && full.err.contains("cannot grow device files"))
         #expect(inode("/dev/full").type == UInt32(S_IFCHR))
     }
+
+    @Test("a block device is written in place, raw or qcow2, and never grown", .enabled(if: getuid() == 0, "loop devices need root"))
+    func blockDevice() throws {
+        let d = TempDir()
+        let src = source(d)
+        var bytes = readFile(src)
+        bytes.replaceSubrange((256 << 10)..<(512 << 10), with: repeatElement(0, count: 256 << 10))
+        writeFile(src, bytes)
+        writeFile(d.file("backing"), [UInt8](repeating: 0xee, count: 2 << 20))
+        let attach = run("/usr/sbin/losetup", ["-f", "--show", d.file("backing")])
+        #expect(attach.status == 0, "\(attach.err)")
+        let device = attach.out.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard attach.status == 0 else { return }
+        defer { run("/usr/sbin/losetup", ["-d", device]) }
+        #expect(tern("convert", src, device).status == 0)
+        #expect(inode(device).type == UInt32(S_IFBLK))
+        let raw = qemuImg("compare", "-f", "raw", "-F", "raw", src, device)
+        #expect(raw.out.contains("Warning: Image size mismatch!") && raw.out.contains("Content mismatch at offset 1048576!"),
+                "the source's bytes, zeros included, are on the device: \(raw.out)")
+        #expect(tern("convert", "-O", "qcow2", "-o", "cluster_size=4k", src, device).status == 0)
+        #expect(qemuImg("compare", "-f", "qcow2", "-F", "raw", device, src).status == 0)
+        #expect(qemuImg("check", "-f", "qcow2", device).status == 0)
+        writeFile(d.file("big.raw"), [])
+        #expect(truncate(d.file("big.raw"), 3 << 20) == 0)
+        let big = tern("convert", d.file("big.raw"), device)
+        #expect(big.status == 1 && big.err.contains("cannot grow device files"))
+    }
 }
+
