@@ -252,6 +252,7 @@ public func checkJSON(_ r: CheckResult, path: String) -> JSON {
 // MARK: convert
 
 public struct ConvertOptions: Sendable {
+    /// The output's format (`tern image convert` defaults to raw, as qemu-img does).
     public var format: ImageFormat = .qcow2
     public var compress = false
     public var create: Qcow2CreateOptions = Qcow2CreateOptions(size: 0)

@@ -50,8 +50,9 @@ struct ImageConvert: ParsableCommand {
             if let c = clusterSize { try spec.set("cluster_size", String(c.bytes)) }
             if let c = compat { try spec.set("compat", c) }
             try spec.apply(optionString)
-            if let b = backing {
-                try spec.set("backing_file", b)
+            if let b = backing { try spec.set("backing_file", b) }
+            // -B and -o backing_file=... alike: the output's backing file supplies what the source's top image lacks.
+            if let b = spec.qcow2.backingFile {
                 let backingPath = resolveBacking(b, relativeTo: destination)
                 if spec.qcow2.backingFormat == nil {
                     spec.qcow2.backingFormat = try probeFormat(PosixFile(path: backingPath, writable: false))
@@ -63,7 +64,7 @@ struct ImageConvert: ParsableCommand {
             o.zstd = spec.zstd
             o.compress = compress
             o.existingTarget = existing
-            o.topOnly = backing != nil
+            o.topOnly = spec.qcow2.backingFile != nil
             o.sparseSize = sparseSize?.bytes ?? 4096
             o.cache = CacheMode(qemuName: cacheMode) ?? .writeback
             if !existing { try checkOutput(destination, size: outputFormat == .raw ? src.virtualSize : nil) }
