@@ -22,7 +22,7 @@ let package = Package(
         .target(name: "GuestMemory", dependencies: ["CKVM"]),
         // Transport-independent VirtIO core: split virtqueues, feature negotiation, the device protocol.
         .target(name: "Virtio", dependencies: ["GuestMemory"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "TestSupport"]),
         // The virtio-mmio (version 2) transport: one VirtioDevice behind a register window on the MMIO bus.
         .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "GuestMemory"]),
         // VirtIO device models, transport-independent: block (virtio-blk), console (virtio-console), entropy (virtio-rng).
@@ -32,17 +32,20 @@ let package = Package(
         // virtio-net host backends: a Linux tap and libslirp user-mode NAT; keeps the C library out of VirtioDevices.
         .target(name: "NetBackends", dependencies: ["VirtioDevices", "Virtio", "CSlirp", "CKVM"]),
         .testTarget(
-            name: "VirtioDevicesTests", dependencies: ["VirtioDevices", "Virtio", "GuestMemory", "Qcow2", "NetBackends", "VMM"]
+            name: "VirtioDevicesTests",
+            dependencies: ["VirtioDevices", "Virtio", "GuestMemory", "Qcow2", "NetBackends", "VMM", "TestSupport"]
         ),
         // PCI platform: type-0 configuration spaces, BARs, MSI-X, the host bridge, ECAM and port 0xCF8 front ends.
         .target(name: "PCI", dependencies: ["Devices"]),
         // The modern virtio-pci transport: one VirtioDevice behind vendor capabilities, a 64-bit BAR and MSI-X.
         .target(name: "VirtioPCI", dependencies: ["Virtio", "PCI", "GuestMemory", "Devices"]),
         .testTarget(
-            name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioDevices", "GuestMemory", "Devices"]
+            name: "PCITests",
+            dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioDevices", "GuestMemory", "Devices", "TestSupport"]
         ),
         .testTarget(
-            name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "VirtioDevices", "Virtio", "Devices", "GuestMemory"]
+            name: "VirtioMMIOTests",
+            dependencies: ["VirtioMMIO", "VirtioDevices", "Virtio", "Devices", "GuestMemory", "TestSupport"]
         ),
         // The I/O bus and platform devices (UART, i8042, debug exit).
         .target(name: "Devices"),
@@ -58,6 +61,12 @@ let package = Package(
         // Firmware tables: ACPI (RSDP, XSDT, FADT, MADT, MCFG, DSDT with an AML builder) and the MP table. Stdlib only.
         .target(name: "ACPI"),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "Devices"]),
+        // The VM state model: versioned, checksummed records of every stateful part, for snapshots and migration.
+        .target(name: "Snapshot", dependencies: ["KVM"]),
+        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "KVM", "TestSupport"]),
+        // Firmware boot: the fw_cfg device and what it serves SeaBIOS (e820, SMBIOS, ACPI through the table loader).
+        .target(name: "Firmware", dependencies: ["ACPI", "Devices", "GuestMemory"]),
+        .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory"]),
         // Assembles a machine from the layers above and runs it.
         .target(
             name: "VMM",
@@ -69,8 +78,10 @@ let package = Package(
         // System zlib (raw deflate for compressed qcow2 clusters) and libzstd (zstd clusters).
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd"),
+        // Debian's liburing (liburing-dev): io_uring for asynchronous block I/O.
+        .systemLibrary(name: "CURing", path: "Sources/CURing"),
         // Block devices: raw files and the qcow2 engine (backing chains, snapshots, compression). No KVM dependency.
-        .target(name: "Qcow2", dependencies: ["CZlib", "CZstd"]),
+        .target(name: "Qcow2", dependencies: ["CZlib", "CZstd", "CURing"]),
         // Initramfs images: a cpio newc writer, modules.dep resolution, busybox and the /init script. Stdlib + Glibc.
         .target(name: "Initramfs"),
         .testTarget(name: "InitramfsTests", dependencies: ["Initramfs"]),
@@ -86,12 +97,16 @@ let package = Package(
         ),
         .testTarget(
             name: "UnitTests",
-            dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM", "Decompression", "CZlib", "CZstd", "CLzma", "CLz4"]
+            dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM", "Decompression", "CZlib", "CZstd", "CLzma", "CLz4",
+                           "TestSupport"]
         ),
-        .testTarget(name: "Qcow2Tests", dependencies: ["Qcow2"]),
+        .testTarget(name: "Qcow2Tests", dependencies: ["Qcow2", "TestSupport"]),
+        // What every test target shares: driver-side ring writers, recording interrupt sinks, a seeded
+        // generator, fault-injecting files.
+        .target(name: "TestSupport", dependencies: ["Devices", "GuestMemory", "Virtio", "Qcow2"], path: "Tests/TestSupport"),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["VMM", "KVM", "CKVM", "Initramfs"]
+            dependencies: ["VMM", "KVM", "CKVM", "Initramfs", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
     ],
     swiftLanguageModes: [.v6]

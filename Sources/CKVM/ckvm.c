@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -25,6 +26,21 @@ struct kvm_msrs *ckvm_msrs_alloc(uint32_t count) {
 }
 
 struct kvm_msr_entry *ckvm_msrs_entries(struct kvm_msrs *msrs) { return msrs->entries; }
+
+int ckvm_msr_index_list(int kvm, uint32_t *indices, uint32_t capacity) {
+    struct kvm_msr_list *list = calloc(1, sizeof(struct kvm_msr_list) + capacity * sizeof(uint32_t));
+    if (!list) return -1;
+    list->nmsrs = capacity;
+    int result = ioctl(kvm, KVM_GET_MSR_INDEX_LIST, list);
+    if (result >= 0) {
+        memcpy(indices, list->indices, list->nmsrs * sizeof(uint32_t));
+        result = (int)list->nmsrs;
+    }
+    int saved = errno;
+    free(list);
+    errno = saved;
+    return result;
+}
 
 size_t ckvm_irq_routing_size(uint32_t count) {
     return sizeof(struct kvm_irq_routing) + count * sizeof(struct kvm_irq_routing_entry);

@@ -30,13 +30,13 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// A contiguous run of guest RAM, backed by one shared host mapping.
+/// A contiguous run of guest RAM, backed by one host mapping.
 public struct MemoryRegion: Sendable, Equatable {
     /// First guest-physical address.
     public let guestAddress: UInt64
     /// Length in bytes.
     public let size: UInt64
-    /// Offset of this region inside the backing memfd.
+    /// Offset of this region inside the backing memfd (for anonymous memory, inside guest RAM as a whole).
     public let fileOffset: UInt64
     /// Host address of the mapping; shared with KVM.
     public nonisolated(unsafe) let host: UnsafeMutableRawPointer
@@ -65,7 +65,8 @@ public struct MemoryLayout32: Sendable, Equatable {
 
 /// Options for backing guest RAM.
 public struct MemoryOptions: Sendable, Equatable {
-    /// Let KSM merge identical pages across guests (MADV_MERGEABLE).
+    /// Let KSM merge identical pages across guests (MADV_MERGEABLE). KSM scans only anonymous private memory,
+    /// so mergeable RAM is mapped MAP_PRIVATE | MAP_ANONYMOUS instead of from a memfd.
     public var mergeable: Bool
     /// Ask for transparent huge pages (MADV_HUGEPAGE).
     public var hugePages: Bool
@@ -76,7 +77,8 @@ public struct MemoryOptions: Sendable, Equatable {
     }
 }
 
-/// Guest RAM: a memfd split into regions around the MMIO hole. Every access is bounds-checked.
+/// Guest RAM, split into regions around the MMIO hole: a shared memfd mapping, or anonymous private memory when
+/// it is mergeable (KSM scans nothing else). Every access is bounds-checked.
 ///
 /// The memory is shared with the guest, which may change it at any time, so reads copy values out and never
 /// hand out references that assume the contents stay put.
@@ -88,8 +90,8 @@ public final class GuestMemory: Sendable {
     public let regions: [MemoryRegion]
     /// Total RAM in bytes.
     public let size: UInt64
-    /// The memfd backing all regions.
-    let fileDescriptor: Int32
+    /// The memfd backing all regions; nil for anonymous memory.
+    let fileDescriptor: Int32?
 
     /// Creates `size` bytes of zeroed guest RAM.
     public init(size: UInt64, options: MemoryOptions = MemoryOptions()) throws(GuestMemoryError) {
@@ -98,24 +100,37 @@ public final class GuestMemory: Sendable {
         }
         guard size % 4096 == 0 else { throw .invalidSize(size, reason: "must be a multiple of 4 KiB") }
         guard size <= 1 << 46 else { throw .invalidSize(size, reason: "larger than the 64 TiB Tern supports") }
-        let fd = ckvm_memfd_create("tern-guest-ram")
-        guard fd >= 0 else { throw .backingFailed(operation: "memfd_create", errno: errno) }
-        guard ftruncate(fd, off_t(size)) == 0 else {
-            let error = errno
-            close(fd)
-            throw .backingFailed(operation: "ftruncate", errno: error)
+        var fd: Int32?
+        if !options.mergeable {
+            let created = ckvm_memfd_create("tern-guest-ram")
+            guard created >= 0 else { throw .backingFailed(operation: "memfd_create", errno: errno) }
+            guard ftruncate(created, off_t(size)) == 0 else {
+                let error = errno
+                close(created)
+                throw .backingFailed(operation: "ftruncate", errno: error)
+            }
+            fd = created
         }
         var regions: [MemoryRegion] = []
         var offset: UInt64 = 0
         for range in MemoryLayout32.ranges(forSize: size) {
-            let mapping = mmap(nil, Int(range.size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, off_t(offset))
+            let mapping = if let fd {
+                mmap(nil, Int(range.size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, off_t(offset))
+            } else {
+                mmap(nil, Int(range.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            }
             guard let mapping, mapping != MAP_FAILED else {
                 let error = errno
                 for region in regions { munmap(region.host, Int(region.size)) }
-                close(fd)
+                if let fd { close(fd) }
                 throw .backingFailed(operation: "mmap", errno: error)
             }
-            if options.mergeable { _ = madvise(mapping, Int(range.size), MADV_MERGEABLE) }
+            if options.mergeable && madvise(mapping, Int(range.size), MADV_MERGEABLE) != 0 {
+                let error = errno
+                munmap(mapping, Int(range.size))
+                for region in regions { munmap(region.host, Int(region.size)) }
+                throw .backingFailed(operation: "madvise(MADV_MERGEABLE)", errno: error)
+            }
             if options.hugePages { _ = madvise(mapping, Int(range.size), MADV_HUGEPAGE) }
             regions.append(MemoryRegion(guestAddress: range.guestAddress, size: range.size, fileOffset: offset, host: mapping))
             offset += range.size
@@ -127,7 +142,7 @@ public final class GuestMemory: Sendable {
 
     deinit {
         for region in regions { munmap(region.host, Int(region.size)) }
-        close(fileDescriptor)
+        if let fileDescriptor { close(fileDescriptor) }
     }
 
     /// The host pointer for `[address, address + length)`, which must lie inside one region.
@@ -202,15 +217,16 @@ public final class GuestMemory: Sendable {
     public static let discardPageSize: UInt64 = 4096
 
     /// Gives the host back the pages of `[guestAddress, guestAddress + length)`, which must lie inside one region
-    /// and start and end on a 4 KiB boundary. The range is punched out of the memfd (MADV_REMOVE), so the host's
-    /// resident memory drops; the pages read as zero afterwards and are faulted in again when touched.
+    /// and start and end on a 4 KiB boundary. The range is punched out of the memfd (MADV_REMOVE), or dropped from
+    /// anonymous memory (MADV_DONTNEED), so the host's resident memory drops; the pages read as zero afterwards and
+    /// are faulted in again when touched.
     public func discard(guestAddress: UInt64, length: UInt64) throws(GuestMemoryError) {
         guard guestAddress % Self.discardPageSize == 0, length % Self.discardPageSize == 0 else {
             throw .unaligned(address: guestAddress, length: length)
         }
         let host = try pointer(at: guestAddress, length: length)
         guard length > 0 else { return }
-        guard madvise(host, Int(length), MADV_REMOVE) == 0 else {
+        guard madvise(host, Int(length), fileDescriptor == nil ? MADV_DONTNEED : MADV_REMOVE) == 0 else {
             throw .discardFailed(address: guestAddress, length: length, errno: errno)
         }
     }

@@ -48,3 +48,26 @@ func ioctlStruct<T>(_ fd: Int32, _ request: UInt, _ value: inout T, _ name: @aut
     }
     if result < 0 { throw .ioctlFailed(name(), errno: errno) }
 }
+
+/// Reads one kernel structure of type `T` through `request` into a byte image of exactly its size.
+func ioctlImage<T>(_ fd: Int32, _ request: UInt, of type: T.Type, _ name: @autoclosure () -> String) throws(KVMError) -> [UInt8] {
+    var bytes = [UInt8](repeating: 0, count: MemoryLayout<T>.size)
+    let result = bytes.withUnsafeMutableBytes { retryingIoctl(fd, request, $0.baseAddress!) }
+    if result < 0 { throw .ioctlFailed(name(), errno: errno) }
+    return bytes
+}
+
+/// Passes a byte image of a kernel structure to `request`.
+func ioctlLoad(_ fd: Int32, _ request: UInt, _ image: [UInt8], _ name: @autoclosure () -> String) throws(KVMError) {
+    var bytes = image
+    let result = bytes.withUnsafeMutableBytes { retryingIoctl(fd, request, $0.baseAddress!) }
+    if result < 0 { throw .ioctlFailed(name(), errno: errno) }
+}
+
+/// ioctl with a pointer argument, retried on EINTR; returns its result, leaving errno set on failure.
+func retryingIoctl(_ fd: Int32, _ request: UInt, _ pointer: UnsafeMutableRawPointer) -> Int32 {
+    while true {
+        let result = ioctl(fd, request, pointer)
+        if result >= 0 || errno != EINTR { return result }
+    }
+}

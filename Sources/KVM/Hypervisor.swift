@@ -95,6 +95,38 @@ public final class Hypervisor: Sendable {
         }
     }
 
+    /// The MSRs a vCPU's saved state carries: those KVM lists for saving (KVM_GET_MSR_INDEX_LIST) within the
+    /// architectural, AMD64 and KVM paravirtual ranges, less IA32_MCG_CTL (as Firecracker keeps them), plus the
+    /// MTRRs, which firmware sets but KVM does not list.
+    public func saveableMSRs() throws(KVMError) -> [UInt32] {
+        var capacity: UInt32 = 256
+        while true {
+            var indices = [UInt32](repeating: 0, count: Int(capacity))
+            let count = indices.withUnsafeMutableBufferPointer { ckvm_msr_index_list(descriptor.raw, $0.baseAddress, capacity) }
+            if count < 0 {
+                if errno == E2BIG && capacity < 16384 {
+                    capacity *= 4
+                    continue
+                }
+                throw .ioctlFailed("KVM_GET_MSR_INDEX_LIST", errno: errno)
+            }
+            let listed = indices.prefix(Int(count)).filter { index in
+                Self.saveableMSRRanges.contains { $0.contains(index) } && index != Self.machineCheckControlMSR
+            }
+            let missing = Self.memoryTypeRangeMSRs.filter { !listed.contains($0) }
+            return listed + missing
+        }
+    }
+
+    /// MSR ranges whose members a saved vCPU state may carry.
+    static let saveableMSRRanges: [ClosedRange<UInt32>] = [
+        0x0000_0000...0x0000_1FFF, 0xC000_0000...0xC000_03FF, 0xC001_0000...0xC001_FFFF, 0x4B56_4D00...0x4B56_4DFF,
+    ]
+    /// IA32_MCG_CTL, which KVM lists but refuses to restore on some hosts.
+    static let machineCheckControlMSR: UInt32 = 0x17B
+    /// MTRRdefType, the variable-range pairs and the fixed ranges.
+    static let memoryTypeRangeMSRs: [UInt32] = [0x2FF] + Array(0x200...0x20F) + [0x250, 0x258, 0x259] + Array(0x268...0x26F)
+
     /// Creates an empty VM.
     public func createVM() throws(KVMError) -> VirtualMachine {
         let fd = try ioctlValue(descriptor.raw, ckvm_KVM_CREATE_VM(), 0, "KVM_CREATE_VM")

@@ -18,6 +18,9 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
     case ioctlFailed(String, errno: Int32)
     /// mmap of a vCPU's shared run area failed.
     case mapFailed(errno: Int32)
+    /// A saved state does not fit this host or this VM: a structure of the wrong size, a TSC frequency KVM
+    /// cannot scale to, an MSR KVM refuses.
+    case stateMismatch(String)
 
     public var description: String {
         switch self {
@@ -37,6 +40,8 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
             return "\(name) failed: \(String(cString: strerror(errno)))"
         case .mapFailed(let errno):
             return "cannot map the vCPU run area: \(String(cString: strerror(errno)))"
+        case .stateMismatch(let reason):
+            return "the saved VM state does not fit this host: \(reason)"
         }
     }
 }

@@ -36,10 +36,7 @@ public final class VirtualMachine: Sendable {
 
     /// Maps `size` bytes of host memory at `host` into the guest at `guestAddress`, as memory slot `slot`.
     public func mapMemory(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws(KVMError) {
-        var region = kvm_userspace_memory_region(
-            slot: slot, flags: 0,
-            guest_phys_addr: guestAddress, memory_size: size, userspace_addr: UInt64(UInt(bitPattern: host)))
-        try ioctlStruct(descriptor.raw, ckvm_KVM_SET_USER_MEMORY_REGION(), &region, "KVM_SET_USER_MEMORY_REGION")
+        try setMemorySlot(slot, guestAddress: guestAddress, size: size, host: host, flags: [])
     }
 
     /// Drives interrupt line `gsi` to `level`.

@@ -221,11 +221,37 @@ public func dirtyRanges(path: String, bitmap name: String) throws(DiskError) -> 
     return out
 }
 
+/// The bitmaps after an edit, worked out in memory.
+struct BitmapPlan {
+    var list: [EditedBitmap]
+    /// Bitmaps whose old tables and data are freed once the new directory is in place.
+    var freed: [Qcow2Bitmap]
+    /// The directory the header pointed at before.
+    var oldExtension: BitmapsExtension?
+}
+
 /// Applies `actions`, in order, to bitmap `name` of the qcow2 image at `path`, then writes the bitmaps that changed,
 /// a new directory and the header (new clusters first, the header last, old clusters freed after).
 public func editBitmaps(path: String, name: String, _ actions: [BitmapAction]) throws(DiskError) {
-    // Every action is checked and applied in memory first, through a read-only open: the writable open
-    // invalidates the bitmaps until the new directory is written, so it must not fail half way.
+    // Every action is checked and applied in memory first, through a read-only open that is closed again before
+    // the writable one: that open invalidates the bitmaps until the new directory is written, so it must not fail half way.
+    var plan = try planBitmapEdit(path: path, name: name, actions)
+    let image = try openQcow2(path, writable: true, openBacking: false)
+    try image.meta.withLock { (m) throws(DiskError) in
+        for i in plan.list.indices where plan.list[i].rewrite {
+            if plan.list[i].entry.tableOffset != 0 { plan.freed.append(plan.list[i].entry) }
+            let (offset, entries) = try m.writeBitmapData(plan.list[i].bits!)
+            plan.list[i].entry.tableOffset = offset
+            plan.list[i].entry.tableSize = entries
+        }
+        try m.writeBitmapDirectory(plan.list.map(\.entry))
+        if let old = plan.oldExtension { try m.freeClusters(old.directoryOffset, bytes: old.directorySize) }
+        for b in plan.freed { try m.freeBitmapData(b) }
+        try m.syncAndClean()
+    }
+}
+
+func planBitmapEdit(path: String, name: String, _ actions: [BitmapAction]) throws(DiskError) -> BitmapPlan {
     let current = try openQcow2(path, writable: false, openBacking: false)
     guard current.header.version >= 3 else {
         throw .unsupported("persistent bitmaps need compat=1.1; run `tern image amend -o compat=1.1` first")
@@ -305,16 +331,15 @@ public func editBitmaps(path: String, name: String, _ actions: [BitmapAction]) t
             list[i].rewrite = true
         }
     }
-    let image = try openQcow2(path, writable: true, openBacking: false)
-    try image.meta.withLock { (m) throws(DiskError) in
-        for i in list.indices where list[i].rewrite {
-            if list[i].entry.tableOffset != 0 { freed.append(list[i].entry) }
-            let (offset, entries) = try m.writeBitmapData(list[i].bits!)
-            list[i].entry.tableOffset = offset
-            list[i].entry.tableSize = entries
-        }
+    return BitmapPlan(list: list, freed: freed, oldExtension: oldExtension)
+}
+
+extension Meta {
+    /// Writes a new bitmap directory for `bitmaps` and points the header at it (or drops the extension and the
+    /// autoclear bit when there are none).
+    mutating func writeBitmapDirectory(_ bitmaps: [Qcow2Bitmap]) throws(DiskError) {
         var directory = [UInt8]()
-        for b in list.map(\.entry) {
+        for b in bitmaps {
             directory.append64(b.tableOffset)
             directory.append32(b.tableSize)
             directory.append32(b.flags & ~Qcow2Bitmap.flagInUse)
@@ -326,21 +351,18 @@ public func editBitmaps(path: String, name: String, _ actions: [BitmapAction]) t
             directory.append(contentsOf: Array(b.name.utf8))
             directory.padTo8()
         }
-        m.header.otherExtensions.removeAll { $0.type == QC.extBitmaps }
-        if list.isEmpty {
-            m.header.autoclearFeatures &= ~QC.autoclearBitmaps
+        header.otherExtensions.removeAll { $0.type == QC.extBitmaps }
+        if bitmaps.isEmpty {
+            header.autoclearFeatures &= ~QC.autoclearBitmaps
         } else {
-            let offset = try m.writeNewTable(directory)
-            let ext = BitmapsExtension(count: UInt32(list.count), directorySize: UInt64(directory.count), directoryOffset: offset)
-            m.header.otherExtensions.append((QC.extBitmaps, ext.bytes))
-            m.header.autoclearFeatures |= QC.autoclearBitmaps
+            let offset = try writeNewTable(directory)
+            let ext = BitmapsExtension(count: UInt32(bitmaps.count), directorySize: UInt64(directory.count), directoryOffset: offset)
+            header.otherExtensions.append((QC.extBitmaps, ext.bytes))
+            header.autoclearFeatures |= QC.autoclearBitmaps
         }
-        try m.file.sync()
-        try m.rewriteHeader()
-        try m.file.sync()
-        if let old = oldExtension { try m.freeClusters(old.directoryOffset, bytes: old.directorySize) }
-        for b in freed { try m.freeBitmapData(b) }
-        try m.syncAndClean()
+        try file.sync()
+        try rewriteHeader()
+        try file.sync()
     }
 }
 

@@ -19,8 +19,11 @@ public enum DiskError: Error, Equatable, CustomStringConvertible, Sendable {
     case outOfRange(offset: UInt64, length: UInt64, size: UInt64)
     /// A bad argument from the caller (size, cluster size, option).
     case invalidArgument(String)
-    /// The fault injector stopped the write stream (tests only).
-    case injectedFault
+    /// Another open of the image (in this or another process, Tern or QEMU) holds a conflicting lock.
+    /// `readOnly`: the refused open only reads, so forcing sharing (`-U`) would let it proceed.
+    case inUse(String, readOnly: Bool)
+    /// Refused to protect an image or the host; the message names the problem and what to do instead.
+    case refused(String)
 
     public var description: String {
         switch self {
@@ -31,7 +34,8 @@ public enum DiskError: Error, Equatable, CustomStringConvertible, Sendable {
         case .outOfRange(let o, let l, let s):
             return "request at offset \(o) length \(l) is past the end of the device (\(s) bytes)"
         case .invalidArgument(let s): return s
-        case .injectedFault: return "injected write fault"
+        case .inUse(let s, _): return s
+        case .refused(let s): return s
         }
     }
 }
@@ -141,28 +145,67 @@ public final class PosixFile: FileIO {
     static let directFlag: Int32 = 0o40000
     #endif
 
+    /// The file's device and inode.
+    public let identity: FileIdentity
+
+    /// Opens `path`, which must be a regular file or a block device, and locks it as QEMU would: for writing
+    /// when `writable`, for shared reading otherwise, not at all with `forceShare` (read-only opens only).
     public init(path: String, writable: Bool, create: Bool = false, exclusive: Bool = false,
-                cache: CacheMode = .writeback) throws(DiskError) {
-        var flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC
+                cache: CacheMode = .writeback, forceShare: Bool = false) throws(DiskError) {
+        if forceShare && writable { throw .invalidArgument("force-share (-U) works only for read-only opens") }
+        // O_NONBLOCK keeps a FIFO from blocking the open; it is cleared once the file is known to be a file.
+        var flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK
         if create { flags |= O_CREAT }
         if exclusive { flags |= O_EXCL }
         if cache == .none { flags |= Self.directFlag }
         let fd = open(path, flags, 0o644)
         if fd < 0 {
-            if cache == .none && errno == EINVAL {
+            let e = errno
+            if cache == .none && e == EINVAL {
                 throw .unsupported("\(path): its file system does not support O_DIRECT (cache=none); use cache=writeback")
             }
-            throw .io("cannot open \(path)", errno: errno)
+            // A socket cannot be opened at all, a directory not for writing.
+            if e == ENXIO || e == EISDIR { throw .refused("not a regular file or block device") }
+            throw .io("cannot open \(path)", errno: e)
         }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = errno
+            close(fd)
+            throw .io("stat \(path)", errno: e)
+        }
+        let type = st.st_mode & S_IFMT
+        guard type == S_IFREG || type == S_IFBLK else {
+            close(fd)
+            throw .refused("not a regular file or block device")
+        }
+        guard fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0 else {
+            let e = errno
+            close(fd)
+            throw .io("open \(path)", errno: e)
+        }
+        let identity = FileIdentity(st)
+        do throws(DiskError) {
+            try ImageLock.acquire(fd: fd, path: path, access: forceShare ? .forceShare : writable ? .write : .read,
+                                  identity: identity)
+        } catch {
+            close(fd)
+            throw error
+        }
+        OpenImages.register(identity)
         self.fd = fd
         self.path = path
         self.isWritable = writable
         self.cache = cache
+        self.identity = identity
         bounce = Mutex(UnsafeMutableRawBufferPointer.allocate(
             byteCount: cache == .none ? Self.bounceSize : 0, alignment: Self.directAlignment))
     }
 
     deinit {
+        // Unlocked explicitly: a child process forked meanwhile may share the open file description until it execs.
+        ImageLock.release(fd)
+        OpenImages.unregister(identity)
         close(fd)
         bounce.withLock { $0.deallocate() }
     }
@@ -352,60 +395,19 @@ public final class MemoryFile: FileIO {
     }
 }
 
-/// Passes I/O through to another file until `limit` mutating operations (writes and
-/// truncates) have completed, then fails every later one: a crash at that point.
-public final class FaultInjectingFile: FileIO {
-    public let base: any FileIO
-    private let state: Mutex<(done: Int, limit: Int)>
-
-    public init(_ base: any FileIO, failAfter limit: Int) {
-        self.base = base
-        self.state = Mutex((0, limit))
-    }
-
-    public var isWritable: Bool { base.isWritable }
-    /// Mutating operations performed so far.
-    public var operations: Int { state.withLock { $0.done } }
-
-    private func admit() throws(DiskError) {
-        let ok = state.withLock { s -> Bool in
-            if s.done >= s.limit { return false }
-            s.done += 1
-            return true
-        }
-        if !ok { throw .injectedFault }
-    }
-
-    public func pread(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DiskError) {
-        try base.pread(buffer, at: offset)
-    }
-    public func pwrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(DiskError) {
-        try admit()
-        try base.pwrite(buffer, at: offset)
-    }
-    public func size() throws(DiskError) -> UInt64 { try base.size() }
-    public func truncate(_ size: UInt64) throws(DiskError) {
-        try admit()
-        try base.truncate(size)
-    }
-    public func sync() throws(DiskError) { try base.sync() }
-    public func punchHole(at offset: UInt64, length: UInt64) {
-        if (try? admit()) != nil { base.punchHole(at: offset, length: length) }
-    }
-    public func allocate(at offset: UInt64, length: UInt64) throws(DiskError) {
-        try admit()
-        try base.allocate(at: offset, length: length)
-    }
-}
-
 /// A raw image: the file is the disk.
 public final class RawBackend: BlockBackend {
     public let file: any FileIO
     public let virtualSize: UInt64
+    /// Set when the format was probed rather than given: refuses first-sector writes that would change it.
+    let probedGuard: ProbedRawGuard?
 
-    public init(file: any FileIO) throws(DiskError) {
+    /// `probed`: the format was probed, not given; writes that would make the image probe as another format
+    /// are then refused.
+    public init(file: any FileIO, probed: Bool = false) throws(DiskError) {
         self.file = file
         self.virtualSize = try file.size()
+        self.probedGuard = probed ? ProbedRawGuard() : nil
     }
 
     public convenience init(path: String, writable: Bool) throws(DiskError) {
@@ -425,6 +427,11 @@ public final class RawBackend: BlockBackend {
     public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(DiskError) {
         guard file.isWritable else { throw .readOnly("raw image opened read-only") }
         try checkRange(offset, UInt64(buffer.count))
+        if let probedGuard, ProbedRawGuard.covers(offset), buffer.count > 0 {
+            return try probedGuard.guarded(self, ProbedRawGuard.writing(buffer, at: offset)) { () throws(DiskError) in
+                try file.pwrite(buffer, at: offset)
+            }
+        }
         try file.pwrite(buffer, at: offset)
     }
 
@@ -433,12 +440,26 @@ public final class RawBackend: BlockBackend {
     public func discard(at offset: UInt64, length: UInt64) throws(DiskError) {
         guard file.isWritable else { throw .readOnly("raw image opened read-only") }
         try checkRange(offset, length)
+        if let probedGuard, ProbedRawGuard.covers(offset), length > 0 {
+            return try probedGuard.guarded(self, ProbedRawGuard.zeroing(offset, length)) { () throws(DiskError) in
+                file.punchHole(at: offset, length: length)
+            }
+        }
         file.punchHole(at: offset, length: length)
     }
 
     public func writeZeroes(at offset: UInt64, length: UInt64) throws(DiskError) {
         guard file.isWritable else { throw .readOnly("raw image opened read-only") }
         try checkRange(offset, length)
+        if let probedGuard, ProbedRawGuard.covers(offset), length > 0 {
+            return try probedGuard.guarded(self, ProbedRawGuard.zeroing(offset, length)) { () throws(DiskError) in
+                try fillZeroes(at: offset, length: length)
+            }
+        }
+        try fillZeroes(at: offset, length: length)
+    }
+
+    private func fillZeroes(at offset: UInt64, length: UInt64) throws(DiskError) {
         let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { zeros.deallocate() }
         zeros.initializeMemory(as: UInt8.self, repeating: 0)

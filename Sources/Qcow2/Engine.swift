@@ -140,6 +140,14 @@ struct Meta: @unchecked Sendable {
     var dirtyMarked = false
     /// Guest clusters whose new data is being written outside the lock.
     var pending: Set<UInt64> = []
+    /// Where the metadata lies, for the overlap check; nil once metadata moved, rebuilt at the next check.
+    var metadataMap: MetadataMap? = nil
+    /// A write hit metadata: the corrupt bit is set and every later write fails.
+    var markedCorrupt = false
+    /// How log lines name the image.
+    var name = "qcow2 image"
+    /// What a lenient open (for `check`) found wrong before the check ran, in qemu-img's words.
+    var openProblems: [String] = []
 
     var cs: UInt64 { g.cs }
 
@@ -288,6 +296,7 @@ struct Meta: @unchecked Sendable {
         try willModify()
         var be = v.bigEndian
         try withUnsafeBytes(of: &be) { (b) throws(DiskError) in try file.pwrite(b, at: header.l1TableOffset + UInt64(i) * 8) }
+        if l1[i] & QC.l1OffsetMask != v & QC.l1OffsetMask { metadataMap = nil }
         l1[i] = v
     }
 
@@ -317,6 +326,7 @@ struct Meta: @unchecked Sendable {
 
     /// Returns the offset of an L2 table for L1 index `i` that may be modified: allocates or copies it as needed.
     mutating func writableL2(_ i: Int) throws(DiskError) -> UInt64 {
+        try ensureNotCorrupt()
         guard i < l1.count else { throw .corrupt("guest offset beyond the L1 table") }
         let e = l1[i]
         let off = e & QC.l1OffsetMask
@@ -332,6 +342,7 @@ struct Meta: @unchecked Sendable {
             while k < t.count { t[k] &= ~QC.copied; k += step }
         }
         let n = try allocateCluster()
+        try checkOverlap(n, cs)
         try writeL2Table(n, t)
         try writeL1Entry(i, n | QC.copied)
         if off != 0 { try release(cluster: off) }
@@ -352,6 +363,8 @@ struct Meta: @unchecked Sendable {
             let mask = UInt32(truncatingIfNeeded: ((UInt64(1) << (last + 1)) - 1) & ~((UInt64(1) << first) - 1))
             guard UInt32(truncatingIfNeeded: bm) & mask == mask else { return nil }
         }
+        try ensureNotCorrupt()
+        try checkOverlap(host + inOff, n)
         return host + inOff
     }
 
@@ -361,6 +374,7 @@ struct Meta: @unchecked Sendable {
     /// data is then written outside the lock and published with `publishFullWrite`.
     mutating func beginFullWrite(_ gc: UInt64) throws(DiskError) -> FullWrite {
         if pending.contains(gc) { return .busy }
+        try ensureNotCorrupt()
         if let h = try inPlaceHost(gc, 0, cs) { return .inPlace(h) }
         if g.ext { return .locked }
         let l2off = try writableL2(Int(gc / g.l2Entries))
@@ -369,6 +383,7 @@ struct Meta: @unchecked Sendable {
         let kind = classify(e, ext: false)
         if (kind == .normal || kind == .zeroAlloc) && e & QC.copied != 0 { return .locked }
         let host = try allocateCluster()
+        try checkOverlap(host, cs)
         pending.insert(gc)
         return .fresh(host: host, l2off: l2off)
     }
@@ -387,6 +402,7 @@ struct Meta: @unchecked Sendable {
     }
 
     mutating func allocatingWrite(_ gc: UInt64, _ inOff: Int, _ data: UnsafeRawBufferPointer) throws(DiskError) {
+        try ensureNotCorrupt()
         let l1i = Int(gc / g.l2Entries), idx = Int(gc % g.l2Entries)
         let l2off = try writableL2(l1i)
         let (e, _) = try lookup(gc)
@@ -402,11 +418,13 @@ struct Meta: @unchecked Sendable {
         let allAlloc: UInt64 = g.ext ? 0xffff_ffff : 0
         if (kind == .normal || kind == .zeroAlloc) && e & QC.copied != 0 {
             let host = e & QC.l2OffsetMask
+            try checkOverlap(host, cs)
             try ro(buf) { (b) throws(DiskError) in try file.pwrite(b, at: host) }
             try setL2(l2off, idx, host | QC.copied, allAlloc)
             return
         }
         let host = try allocateCluster()
+        try checkOverlap(host, cs)
         try ro(buf) { (b) throws(DiskError) in try file.pwrite(b, at: host) }
         try setL2(l2off, idx, host | QC.copied, allAlloc)
         try releaseEntry(e)
@@ -436,6 +454,7 @@ struct Meta: @unchecked Sendable {
 
     /// Deallocates or zeroes whole guest cluster `gc`.
     mutating func clearCluster(_ gc: UInt64, mode: ClearMode, hasBacking: Bool) throws(DiskError) {
+        try ensureNotCorrupt()
         let l1i = Int(gc / g.l2Entries), idx = Int(gc % g.l2Entries)
         guard l1i < l1.count else { return }
         if l1[l1i] & QC.l1OffsetMask == 0 {
@@ -574,6 +593,7 @@ struct Meta: @unchecked Sendable {
         try willModify()
         let rt = Int(c / g.rbEntries)
         let off = c * cs
+        try checkOverlap(off, cs)
         var b = [UInt8](repeating: 0, count: Int(cs))
         _ = rbSet(&b, Int(c % g.rbEntries), 1)
         try file.pwrite(b.withUnsafeBytes { UnsafeRawBufferPointer($0) }, at: off)
@@ -582,6 +602,7 @@ struct Meta: @unchecked Sendable {
         endCluster = max(endCluster, c + 1)
         fileLimit = max(fileLimit, endCluster * cs)
         refTable[rt] = off
+        metadataMap = nil
         if rt < refTableDiskEntries {
             var be = off.bigEndian
             try withUnsafeBytes(of: &be) { (p) throws(DiskError) in try file.pwrite(p, at: header.refcountTableOffset + UInt64(rt) * 8) }
@@ -667,20 +688,24 @@ struct Meta: @unchecked Sendable {
         try file.writeBytes(hb, at: 48)
         header.refcountTableOffset = start * cs
         header.refcountTableClusters = UInt32(clusters)
+        metadataMap = nil
         refTableDiskEntries = clusters * perCluster
         for k in 0..<oldClusters { _ = try addRef((oldOff >> g.bits) + k, -1) }
     }
 
     // MARK: header updates
 
+    /// Writes header fields; the tables they point at may have moved, so the metadata map is rebuilt.
     mutating func writeHeaderFields(_ offset: Int, _ bytes: [UInt8]) throws(DiskError) {
         try willModify()
+        metadataMap = nil
         try file.writeBytes(bytes, at: UInt64(offset))
     }
 
     mutating func rewriteHeader() throws(DiskError) {
         let b = try header.serialize()
         try file.writeBytes(b, at: 0)
+        metadataMap = nil
     }
 
     // MARK: whole-tree refcount updates (snapshots)
@@ -763,6 +788,7 @@ struct Meta: @unchecked Sendable {
     mutating func writeNewTable(_ bytes: [UInt8]) throws(DiskError) -> UInt64 {
         let n = max((UInt64(bytes.count) + cs - 1) / cs, 1)
         let start = try appendClusters(n) * cs
+        try checkOverlap(start, n * cs)
         var padded = bytes
         padded.append(contentsOf: repeatElement(0, count: Int(n * cs) - bytes.count))
         try file.writeBytes(padded, at: start)

@@ -113,8 +113,9 @@ public struct Qcow2Header: Sendable, Equatable {
         return (size + coverage - 1) / coverage
     }
 
-    /// Parses and validates cluster 0. `fileSize` bounds every table.
-    public static func parse(_ buf: [UInt8], fileSize: UInt64) throws(DiskError) -> Qcow2Header {
+    /// Parses and validates cluster 0. `fileSize` bounds every table, unless `lenient` (for `check`, which
+    /// reports tables past the end of the file or an empty refcount table instead of refusing the image).
+    public static func parse(_ buf: [UInt8], fileSize: UInt64, lenient: Bool = false) throws(DiskError) -> Qcow2Header {
         guard buf.count >= 72 else { throw .corrupt("file is too short for a qcow2 header (\(buf.count) bytes)") }
         guard be32(buf, 0) == QC.magic else { throw .corrupt("not a qcow2 image (bad magic)") }
         var h = Qcow2Header()
@@ -167,7 +168,7 @@ public struct Qcow2Header: Sendable, Equatable {
         guard h.l1TableOffset % cs == 0 else { throw .corrupt("L1 table offset \(hex(h.l1TableOffset)) is not cluster aligned") }
         guard UInt64(h.l1Size) * 8 <= QC.maxL1Bytes else { throw .corrupt("L1 table has \(h.l1Size) entries, above the limit") }
         guard UInt64(h.l1Size) >= h.l1EntriesNeeded(for: h.size) else { throw .corrupt("L1 table is too small for the virtual size") }
-        if h.l1Size > 0 {
+        if h.l1Size > 0 && !lenient {
             guard h.l1TableOffset != 0, h.l1TableOffset <= fileSize, UInt64(h.l1Size) * 8 <= fileSize - h.l1TableOffset
             else { throw .corrupt("L1 table at \(hex(h.l1TableOffset)) lies outside the file") }
         }
@@ -175,16 +176,16 @@ public struct Qcow2Header: Sendable, Equatable {
         guard h.refcountTableOffset % cs == 0, h.refcountTableOffset != 0 else {
             throw .corrupt("refcount table offset \(hex(h.refcountTableOffset)) is invalid")
         }
-        guard h.refcountTableClusters > 0, UInt64(h.refcountTableClusters) * cs <= QC.maxRefTableBytes else {
+        guard h.refcountTableClusters > 0 || lenient, UInt64(h.refcountTableClusters) * cs <= QC.maxRefTableBytes else {
             throw .corrupt("refcount table size (\(h.refcountTableClusters) clusters) is invalid")
         }
-        guard h.refcountTableOffset <= fileSize, UInt64(h.refcountTableClusters) * cs <= fileSize + cs - h.refcountTableOffset else {
+        guard lenient || (h.refcountTableOffset <= fileSize && UInt64(h.refcountTableClusters) * cs <= fileSize + cs - h.refcountTableOffset) else {
             throw .corrupt("refcount table at \(hex(h.refcountTableOffset)) lies outside the file")
         }
         // Snapshots
         guard h.nbSnapshots <= QC.maxSnapshots else { throw .corrupt("too many snapshots (\(h.nbSnapshots))") }
         if h.nbSnapshots > 0 {
-            guard h.snapshotsOffset % cs == 0, h.snapshotsOffset != 0, h.snapshotsOffset < fileSize else {
+            guard h.snapshotsOffset % cs == 0, h.snapshotsOffset != 0, lenient || h.snapshotsOffset < fileSize else {
                 throw .corrupt("snapshot table offset \(hex(h.snapshotsOffset)) is invalid")
             }
         }
@@ -335,11 +336,17 @@ public struct Qcow2Snapshot: Sendable, Equatable {
     /// Extra data past the fields we know, preserved.
     public var extraTail: [UInt8] = []
 
-    static func parseTable(_ file: any FileIO, header h: Qcow2Header, fileSize: UInt64) throws(DiskError) -> (snapshots: [Qcow2Snapshot], bytes: UInt64) {
+    /// Reads the snapshot table. `lenient` (for `check`): an entry past the end of the file ends the table,
+    /// reported in `problem` as QEMU reports it, with the entry's fixed part counted in `bytes`.
+    static func parseTable(_ file: any FileIO, header h: Qcow2Header, fileSize: UInt64, lenient: Bool = false)
+        throws(DiskError) -> (snapshots: [Qcow2Snapshot], bytes: UInt64, problem: String?) {
         var out: [Qcow2Snapshot] = []
         var off = h.snapshotsOffset
         let cs = h.clusterSize
         for i in 0..<Int(h.nbSnapshots) {
+            if lenient && off + 40 > fileSize {
+                return (out, off + 40 - h.snapshotsOffset, "ERROR snapshot table entry \(i) is incomplete")
+            }
             guard off + 40 <= fileSize, off - h.snapshotsOffset + 40 <= QC.maxSnapshotTableBytes else {
                 throw .corrupt("snapshot table entry \(i) lies outside the file")
             }
@@ -371,7 +378,7 @@ public struct Qcow2Snapshot: Sendable, Equatable {
             off += UInt64(40 + varLen)
             off = (off + 7) & ~7
         }
-        return (out, off - h.snapshotsOffset)
+        return (out, off - h.snapshotsOffset, nil)
     }
 
     static func serializeTable(_ list: [Qcow2Snapshot], version: UInt32) -> [UInt8] {

@@ -30,13 +30,12 @@ public struct Qcow2OpenOptions: Sendable {
     public var backingOverride: (any BlockBackend)? = nil
     /// How the image and its backing files use the host's page cache.
     public var cache: CacheMode = .writeback
+    /// Reads without taking or testing image locks (`-U`); read-only opens only.
+    public var forceShare = false
+    /// Opens what `check` must report on rather than refuse: tables past the end of the file, an empty refcount
+    /// table, a truncated snapshot table, a corrupt bit on a writable open (for repair).
+    public var lenient = false
     public init(writable: Bool = false) { self.writable = writable }
-}
-
-/// Detects the format of a file from its first bytes.
-public func probeFormat(_ file: any FileIO) throws(DiskError) -> ImageFormat {
-    let b = try file.readBytes(at: 0, count: 4)
-    return be32(b, 0) == QC.magic ? .qcow2 : .raw
 }
 
 func dirname(_ p: String) -> String {
@@ -58,20 +57,30 @@ func canonicalPath(_ p: String) -> String {
     return String(cString: r)
 }
 
-/// Opens an image file of either format.
+/// Opens an image file of either format, locked as QEMU locks it: a writable image for writing, a read-only one
+/// and every backing file for shared reading, nothing with `forceShare` (`-U`, read-only opens only).
+/// A writable image whose format is probed as raw warns once and refuses first-sector writes that would change
+/// the probed format (`ProbedRawGuard`); formats Tern does not read are refused by name (`probeFormat`).
 public func openImage(path: String, format: ImageFormat? = nil, writable: Bool = false, cache: CacheMode = .writeback,
-                      depth: Int = 0, seen: [String] = []) throws(DiskError) -> any BlockBackend {
+                      forceShare: Bool = false, depth: Int = 0, seen: [String] = []) throws(DiskError) -> any BlockBackend {
     guard depth < 32 else { throw .corrupt("backing chain is deeper than 32 images") }
     guard !seen.contains(canonicalPath(path)) else { throw .corrupt("backing chain loops back to \(path)") }
-    let f = try PosixFile(path: path, writable: writable, cache: cache)
+    let f = try PosixFile(path: path, writable: writable, cache: cache, forceShare: forceShare)
     let fmt: ImageFormat
     if let f0 = format { fmt = f0 } else { fmt = try probeFormat(f) }
     switch fmt {
-    case .raw: return try RawBackend(file: f)
+    case .raw:
+        let probed = format == nil && writable
+        if probed {
+            let warning = "tern: WARNING: \(path): format was not specified; probed as raw, writes to block 0 that would change the probed format are refused. Specify format=raw to remove the restriction.\n"
+            _ = warning.withCString { write(2, $0, strlen($0)) }
+        }
+        return try RawBackend(file: f, probed: probed)
     case .qcow2:
         var o = Qcow2OpenOptions(writable: writable)
         o.openBacking = true
         o.cache = cache
+        o.forceShare = forceShare
         return try Qcow2Image(file: f, path: path, options: o, depth: depth, seen: seen + [canonicalPath(path)])
     }
 }
@@ -98,7 +107,8 @@ public final class Qcow2Image: BlockBackend {
     public var clusterSize: UInt64 { g.cs }
 
     public convenience init(path: String, options: Qcow2OpenOptions = Qcow2OpenOptions()) throws(DiskError) {
-        try self.init(file: PosixFile(path: path, writable: options.writable), path: path, options: options)
+        try self.init(file: PosixFile(path: path, writable: options.writable, cache: options.cache, forceShare: options.forceShare),
+                      path: path, options: options)
     }
 
     public init(file: any FileIO, path: String?, options: Qcow2OpenOptions, depth: Int = 0, seen: [String] = []) throws(DiskError) {
@@ -110,10 +120,10 @@ public final class Qcow2Image: BlockBackend {
         let bitsPeek = be32(first, 20)
         let want = (9...21).contains(bitsPeek) ? Int(min(physical, UInt64(1) << UInt64(bitsPeek))) : first.count
         let c0 = want > first.count ? try file.readBytes(at: 0, count: want) : first
-        var h = try Qcow2Header.parse(c0, fileSize: physical)
+        var h = try Qcow2Header.parse(c0, fileSize: physical, lenient: options.lenient)
         let writable = options.writable && file.isWritable
         if options.writable && !file.isWritable { throw .readOnly("file opened read-only") }
-        if writable && h.incompatibleFeatures & QC.incompatCorrupt != 0 {
+        if writable && !options.lenient && h.incompatibleFeatures & QC.incompatCorrupt != 0 {
             throw .readOnly("the image is marked corrupt; writes are forbidden (run check --repair)")
         }
         self.writable = writable
@@ -130,10 +140,15 @@ public final class Qcow2Image: BlockBackend {
                 fmt = ff
             } else { fmt = nil }
             do {
-                backing = try openImage(path: bp, format: fmt, writable: false, cache: options.cache, depth: depth + 1, seen: seen.isEmpty ? [canonicalPath(p)] : seen)
+                backing = try openImage(path: bp, format: fmt, writable: false, cache: options.cache, forceShare: options.forceShare,
+                                        depth: depth + 1, seen: seen.isEmpty ? [canonicalPath(p)] : seen)
             } catch {
-                if case .io(_, let e) = error { throw .io("cannot open backing file \(bp)", errno: e) }
-                throw error
+                switch error {
+                case .io(_, let e): throw .io("cannot open backing file \(bp)", errno: e)
+                case .inUse(let s, let readOnly): throw .inUse("backing file \(bp): \(s)", readOnly: readOnly)
+                case .refused(let s): throw .refused("backing file \(bp): \(s)")
+                default: throw error
+                }
             }
         }
         self.backing = backing
@@ -153,8 +168,8 @@ public final class Qcow2Image: BlockBackend {
         var rt = [UInt64](repeating: 0, count: rtEntries)
         try rw(&rt) { (b) throws(DiskError) in try file.pread(b, at: h.refcountTableOffset) }
         for i in rt.indices { rt[i] = UInt64(bigEndian: rt[i]) }
-        let (snaps, snapBytes) = h.nbSnapshots > 0
-            ? try Qcow2Snapshot.parseTable(file, header: h, fileSize: physical) : ([], 0)
+        let (snaps, snapBytes, snapshotProblem) = h.nbSnapshots > 0
+            ? try Qcow2Snapshot.parseTable(file, header: h, fileSize: physical, lenient: options.lenient) : ([], 0, nil)
         var m = Meta(
             file: file, g: g, dp: dp, header: h, l1: l1,
             l2Max: max(16, options.l2CacheBytes / Int(g.cs)),
@@ -162,11 +177,12 @@ public final class Qcow2Image: BlockBackend {
             rbMax: max(16, (8 << 20) / Int(g.cs)),
             endCluster: (physical + g.cs - 1) / g.cs, fileLimit: fileLimit,
             snapshots: snaps, snapshotTableBytes: snapBytes)
-        if writable {
+        m.openProblems = snapshotProblem.map { [$0] } ?? []
+        if writable && !options.lenient {
             // Autoclear bits we do not maintain (bitmaps) must be cleared before the first write.
             if h.autoclearFeatures != 0 || h.incompatibleFeatures & QC.incompatDirty != 0 {
                 if h.incompatibleFeatures & QC.incompatDirty != 0 {
-                    _ = try Checker.run(&m, repair: true)
+                    _ = try Checker.run(&m, repair: .all)
                     m.header.incompatibleFeatures &= ~QC.incompatDirty
                 }
                 m.header.autoclearFeatures = 0
@@ -175,6 +191,7 @@ public final class Qcow2Image: BlockBackend {
                 h = m.header
             }
         }
+        m.name = path ?? "qcow2 image"
         m.lazy = writable && h.version >= 3 && h.compatibleFeatures & QC.compatLazyRefcounts != 0
         self.meta = Mutex(m)
         self.sizeValue = Atomic(h.size)
@@ -555,11 +572,17 @@ public final class Qcow2Image: BlockBackend {
 
     // MARK: check
 
+    /// Checks the metadata; `repair` fixes refcounts and COPIED flags (everything `RepairMode.all` fixes).
     public func check(repair: Bool = false) throws(DiskError) -> CheckResult {
-        if repair && !writable { throw .readOnly("repair needs the image opened for writing") }
+        try check(repairing: repair ? .all : nil)
+    }
+
+    /// Checks the metadata as `qemu-img check` does, repairing what `repairing` allows.
+    public func check(repairing: RepairMode?) throws(DiskError) -> CheckResult {
+        if repairing != nil && !writable { throw .readOnly("repair needs the image opened for writing") }
         return try meta.withLock { (m) throws(DiskError) -> CheckResult in
-            let r = try Checker.run(&m, repair: repair)
-            if repair { try m.syncAndClean() }
+            let r = try Checker.run(&m, repair: repairing)
+            if repairing != nil { try m.syncAndClean() }
             return r
         }
     }
@@ -606,6 +629,8 @@ public final class Qcow2Image: BlockBackend {
             } else {
                 try m.addRef(off >> m.g.bits, 1)
             }
+            try m.ensureNotCorrupt()
+            try m.checkOverlap(off, len)
             try m.file.writeBytes(z, at: off)
             let end = off + len
             // Keep the file covering the last touched cluster.
@@ -642,8 +667,11 @@ public final class Qcow2Image: BlockBackend {
     }
 }
 
-/// Runs `body` on a new temporary file next to `path`, then renames it over `path`.
+/// Runs `body` on a new temporary file next to `path` (locked for writing), then renames it over `path`.
+/// Refuses to replace an image this process has open (a conversion's source or one of its backing files) or
+/// one that another process holds a lock on.
 public func atomicWrite(_ path: String, _ body: (PosixFile) throws(DiskError) -> Void) throws(DiskError) {
+    try checkReplaceable(path)
     let tmp = path + ".tern-tmp-\(getpid())"
     // A stale or planted entry at the temporary name is removed, never followed: the file is created exclusively.
     unlink(tmp)
@@ -666,6 +694,23 @@ public func atomicWrite(_ path: String, _ body: (PosixFile) throws(DiskError) ->
         throw .io("rename \(tmp) to \(path)", errno: e)
     }
     syncDirectory(of: path)
+}
+
+/// Throws unless the file at `path`, if there is one, may be replaced by a new image.
+func checkReplaceable(_ path: String) throws(DiskError) {
+    guard let existing = FileIdentity(path: path) else { return }
+    if OpenImages.contains(existing) {
+        throw .refused("the output \(path) is an image being read (the same file); choose another output path")
+    }
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return }
+    do throws(DiskError) { try ImageLock.testWritable(fd: fd, path: path) } catch {
+        if case .inUse(let s, _) = error { throw .inUse("the output \(path): \(s)", readOnly: false) }
+        throw error
+    }
 }
 
 /// Makes a rename in `path`'s directory durable.

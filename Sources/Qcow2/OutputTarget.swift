@@ -30,7 +30,10 @@ public struct OutputFile {
 /// `size` is the number of bytes the output needs, when known before writing.
 public func writeOutput(_ path: String, size: UInt64?, cache: CacheMode = .writeback,
                         _ body: (OutputFile) throws(DiskError) -> Void) throws(DiskError) {
-    switch try classifyOutput(path, size: size) {
+    let kind = try classifyOutput(path, size: size)
+    // Never over an image this process is reading, nor one another process has open.
+    try checkReplaceable(path)
+    switch kind {
     case .new: try replaceWithNewFile(path, keeping: nil, cache: cache, body)
     case .danglingLink: try writeInPlace(path, create: true, cache: cache, body)
     case .regular(let target, let st):
@@ -185,11 +188,4 @@ final class DeviceFile: FileIO {
         guard offset + length <= capacity else { throw .io("allocate in \(device.path) past its \(capacity) bytes", errno: ENOSPC) }
         end.withLock { $0 = max($0, offset + length) }
     }
-}
-
-/// Whether two paths name the same file (after following links).
-public func sameFile(_ a: String, _ b: String) -> Bool {
-    var sa = stat(), sb = stat()
-    guard stat(a, &sa) == 0, stat(b, &sb) == 0 else { return false }
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
 }

@@ -54,8 +54,8 @@ public indirect enum JSON: Sendable, Equatable {
 
 // MARK: info
 
-public func imageInfo(path: String) throws(DiskError) -> JSON {
-    let f = try PosixFile(path: path, writable: false)
+public func imageInfo(path: String, forceShare: Bool = false) throws(DiskError) -> JSON {
+    let f = try PosixFile(path: path, writable: false, forceShare: forceShare)
     let fmt = try probeFormat(f)
     var kv: [(String, JSON)] = []
     switch fmt {
@@ -111,16 +111,16 @@ public struct ChainImageInfo: Sendable {
 }
 
 /// `info` of `path` and, with `backingChain`, of every image below it, top first.
-public func imageInfoChain(path: String, backingChain: Bool) throws(DiskError) -> [ChainImageInfo] {
+public func imageInfoChain(path: String, backingChain: Bool, forceShare: Bool = false) throws(DiskError) -> [ChainImageInfo] {
     var out: [ChainImageInfo] = []
     var next: String? = path
     while let p = next {
         guard out.count < 32 else { throw .corrupt("backing chain is deeper than 32 images") }
         if out.contains(where: { canonicalPath($0.path) == canonicalPath(p) }) { throw .corrupt("backing chain loops back to \(p)") }
-        let json = try imageInfo(path: p)
+        let json = try imageInfo(path: p, forceShare: forceShare)
         var snapshots: [Qcow2Snapshot] = []
         next = nil
-        let f = try PosixFile(path: p, writable: false)
+        let f = try PosixFile(path: p, writable: false, forceShare: forceShare)
         if try probeFormat(f) == .qcow2 {
             var o = Qcow2OpenOptions()
             o.openBacking = false
@@ -161,8 +161,8 @@ func rawAllocation(_ file: any FileIO, at offset: UInt64, limit: UInt64) -> (dat
 }
 
 /// The allocation map through the backing chain, merged like `qemu-img map`.
-public func imageMap(path: String) throws(DiskError) -> [MapExtent] {
-    try imageMap(device: openImage(path: path), path: path)
+public func imageMap(path: String, forceShare: Bool = false) throws(DiskError) -> [MapExtent] {
+    try imageMap(device: openImage(path: path, forceShare: forceShare), path: path)
 }
 
 /// The allocation map of an open image (`path` names it in the extents).
@@ -401,18 +401,19 @@ func openQcow2(_ path: String, writable: Bool, openBacking: Bool = true) throws(
 public func commit(path: String, base: String? = nil, keepTop: Bool = false,
                    progress: ProgressMeter = ProgressMeter(.off)) throws(DiskError) {
     let emptyTop = !keepTop && base == nil
-    let top = try openQcow2(path, writable: emptyTop)
-    guard top.header.backingFile != nil else { throw .invalidArgument("\(path) has no backing file to commit into") }
-    // The images above the base, top first, and the base's path and format.
+    // Each image above the base is opened on its own, its backing chain closed, so that the base can be locked
+    // for writing; each range is read from the topmost image that holds it.
+    let top = try openQcow2(path, writable: emptyTop, openBacking: false)
+    guard let topBacking = top.header.backingFile else { throw .invalidArgument("\(path) has no backing file to commit into") }
     var above: [Qcow2Image] = [top]
-    var basePath = resolveBacking(top.header.backingFile!, relativeTo: path)
+    var basePath = resolveBacking(topBacking, relativeTo: path)
     var baseFormat = top.header.backingFormat.flatMap { ImageFormat(rawValue: $0) }
     if let wanted = base {
         let target = canonicalPath(wanted)
         while canonicalPath(basePath) != target {
-            guard let next = above.last!.backing as? Qcow2Image, let name = next.header.backingFile else {
-                throw .invalidArgument("\(wanted) is not in the backing chain of \(path)")
-            }
+            guard baseFormat != .raw, above.count < 32 else { throw .invalidArgument("\(wanted) is not in the backing chain of \(path)") }
+            let next = try openQcow2(basePath, writable: false, openBacking: false)
+            guard let name = next.header.backingFile else { throw .invalidArgument("\(wanted) is not in the backing chain of \(path)") }
             above.append(next)
             basePath = resolveBacking(name, relativeTo: basePath)
             baseFormat = next.header.backingFormat.flatMap { ImageFormat(rawValue: $0) }
@@ -431,19 +432,19 @@ public func commit(path: String, base: String? = nil, keepTop: Bool = false,
     progress.update(0, of: size)
     while pos < size {
         var n = size - pos
-        var status = Qcow2Image.Status.unallocated
+        var holder: (image: Qcow2Image, status: Qcow2Image.Status)? = nil
         for image in above where pos < image.virtualSize {
             let (s, length) = try image.status(at: pos)
             n = min(n, length)
-            if status == .unallocated { status = s }
+            if holder == nil && s != .unallocated { holder = (image, s) }
         }
-        switch status {
-        case .unallocated: break
-        case .zero: try target.writeZeroes(at: pos, length: n)
-        case .data, .compressed:
+        switch holder {
+        case nil: break
+        case (_, .zero)?: try target.writeZeroes(at: pos, length: n)
+        case (let image, _)?:
             try rw(&buf) { (b) throws(DiskError) in
                 let s = UnsafeMutableRawBufferPointer(rebasing: b[0..<Int(n)])
-                try top.read(at: pos, into: s)
+                try image.read(at: pos, into: s)
                 try target.write(at: pos, from: UnsafeRawBufferPointer(s))
             }
         }

@@ -33,12 +33,12 @@ public struct BalloonSetting: Equatable, Sendable, Codable, CustomStringConverti
             deflateOnOOM: deflateOnOOM, statistics: statisticsInterval != nil, freePageReporting: freePageReporting)
     }
 
-    /// Parses a `--balloon` value; errors are one line naming the problem and the fix.
+    /// Parses a `--balloon` value ("on" or "" for the defaults); errors are one line naming the problem and the fix.
     public static func parse(_ spec: String) throws(ConfigError) -> BalloonSetting {
         func problem(_ what: String) -> ConfigError { ConfigError("balloon '\(spec)': \(what)") }
         let usage = "write [target=SIZE][,deflate-on-oom=on][,stats-interval=SECONDS][,free-page-reporting=on]"
         var setting = BalloonSetting()
-        guard !spec.isEmpty else { return setting }
+        guard !spec.isEmpty, spec != "on" else { return setting }
         var seen: Set<Substring> = []
         for field in spec.split(separator: ",", omittingEmptySubsequences: false) {
             let parts = field.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)

@@ -13,10 +13,17 @@ public final class FileDescriptorOutput: ConsoleOutput {
         self.owned = owned
     }
 
-    /// Opens `path` for appending, creating it if needed.
+    /// Opens `path` for appending, creating it if needed: a regular file or a character device (such as /dev/null).
+    /// The open does not block, so a FIFO put in its place is refused rather than waited on.
     public convenience init(appendingTo path: String) throws(ConfigError) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ConfigError("console file \(path): \(String(cString: strerror(errno)))") }
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0o644)
+        guard fd >= 0 else { throw ConfigError("--console file:\(path): \(String(cString: strerror(errno)))") }
+        var status = stat()
+        let kind = fstat(fd, &status) == 0 ? status.st_mode & S_IFMT : 0
+        guard kind == S_IFREG || kind == S_IFCHR, fcntl(fd, F_SETFL, O_APPEND) == 0 else {
+            close(fd)
+            throw ConfigError("--console file:\(path): \(HostFiles.describe(kind)), not a regular file or a character device; give a regular file or a character device")
+        }
         self.init(descriptor: fd, owned: true)
     }
 
@@ -91,7 +98,7 @@ final class ConsoleInput: @unchecked Sendable {
                 tcsetattr(STDIN_FILENO, TCSANOW, &settings)
             }
         }
-        thread = spawnThread { [self] in forward() }
+        thread = spawnThread(named: "console-input") { [self] in forward() }
     }
 
     /// Stops forwarding and restores the terminal.

@@ -22,13 +22,16 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var error: String?
     /// `status`: "running" or "stopping".
     public var state: String?
+    /// `status`: the VM's name, when it has one.
+    public var name: String?
     /// Balloon commands: what the balloon holds and what the guest last reported.
     public var balloon: BalloonReport?
 
-    public init(ok: Bool, error: String? = nil, state: String? = nil, balloon: BalloonReport? = nil) {
+    public init(ok: Bool, error: String? = nil, state: String? = nil, name: String? = nil, balloon: BalloonReport? = nil) {
         self.ok = ok
         self.error = error
         self.state = state
+        self.name = name
         self.balloon = balloon
     }
 
@@ -55,21 +58,30 @@ public struct BalloonReport: Codable, Sendable, Equatable {
     }
 }
 
-/// Serves a VM's control socket: a Unix stream socket taking one JSON request per line and answering each with one
-/// JSON line, one connection at a time, on its own thread. Requests are capped at 64 KiB and a connection lasts at
-/// most `connectionLifetime` seconds, so a misbehaving client cannot hold the VM's controls.
+/// A VM's control socket: a Unix stream socket taking one JSON request per line and answering each with one JSON
+/// line. `init` binds and listens (mode 0600 whatever the umask), so the socket is known to be free before the guest
+/// runs; `start` serves it on its own thread, one poll loop over every client with per-client buffers, so a slow or
+/// silent client never holds up another. A client may keep its connection `connectionLifetime` seconds and send
+/// requests of up to 64 KiB; at most `clientLimit` are served at once (later ones wait in the backlog). Answers go
+/// out with MSG_NOSIGNAL: a client that has gone away costs its connection, never the VM.
 final class ControlServer: @unchecked Sendable {
     static let requestLimit = 64 * 1024
     /// Longest a client may keep its connection, however busy it is.
-    static let connectionLifetime: Int = 5
+    static let connectionLifetime: Int64 = 5
+    /// Clients served at once.
+    static let clientLimit = 16
+
     private let path: String
     private let listener: Int32
-    private let handler: @Sendable (ControlRequest) -> ControlResponse
+    /// The socket file's identity, so that only this server's own file is ever removed.
+    private let inode: (device: UInt64, number: UInt64)
     private let wake = WakeEvent()
     private var thread: pthread_t?
+    private var closed = false
 
-    /// Binds `path` (replacing a stale socket nobody listens on) and starts listening.
-    init(path: String, handler: @escaping @Sendable (ControlRequest) -> ControlResponse) throws(MachineError) {
+    /// Binds `path` and listens. A socket file nobody listens on (left by a VMM that died) is replaced; a socket a
+    /// running VM serves, or any other file, is refused.
+    init(path: String) throws(MachineError) {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let capacity = MemoryLayout.size(ofValue: address.sun_path)
@@ -79,96 +91,150 @@ final class ControlServer: @unchecked Sendable {
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
         }
-        if Self.isStale(path) { unlink(path) }
-        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        try Self.removeIfStale(path)
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard listener >= 0 else { throw MachineError("--api-socket: socket: \(String(cString: strerror(errno)))") }
-        let bound = withUnsafePointer(to: &address) {
+        // The file takes the socket's mode masked by the umask: 0600 from the start, never wider, then exactly 0600.
+        let bound = fchmod(listener, 0o600) == 0 && withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0, listen(listener, 4) == 0 else {
+        } == 0
+        guard bound else {
             let reason = String(cString: strerror(errno))
             close(listener)
-            throw MachineError("--api-socket \(path): \(reason); remove the file or choose another path")
+            throw MachineError("--api-socket \(path): \(reason); choose another path")
+        }
+        var status = stat()
+        guard chmod(path, 0o600) == 0, lstat(path, &status) == 0, listen(listener, 16) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(path)
+            close(listener)
+            throw MachineError("--api-socket \(path): \(reason)")
         }
         self.path = path
         self.listener = listener
-        self.handler = handler
+        inode = (UInt64(status.st_dev), UInt64(status.st_ino))
     }
 
     deinit {
-        close(listener)
-        unlink(path)
+        shutdown()
     }
 
-    /// Whether `path` is a socket no process listens on any more (left by a VMM that died).
-    private static func isStale(_ path: String) -> Bool {
+    /// Refuses a path in use and removes a socket file that nobody listens on.
+    private static func removeIfStale(_ path: String) throws(MachineError) {
         var status = stat()
-        guard lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFSOCK else { return false }
-        let reply = ControlClient.send(ControlRequest(command: "status"), to: path)
-        if case .failure(let error) = reply, error.refused { return true }
-        return false
+        guard lstat(path, &status) == 0 else { return }
+        guard status.st_mode & S_IFMT == S_IFSOCK else {
+            throw MachineError("--api-socket \(path): the file exists and is not a socket; remove it or choose another path")
+        }
+        switch ControlClient.connect(to: path) {
+        case .success(let connection):
+            close(connection)
+            throw MachineError("--api-socket \(path): a running VM already serves this socket; stop it or choose another path")
+        case .failure(let error) where error.refused:
+            unlink(path)
+        case .failure(let error):
+            throw MachineError("--api-socket \(error.description)")
+        }
     }
 
-    func start() {
-        thread = spawnThread { [self] in serve() }
+    /// Starts serving, answering each request with `handler` on the server's thread.
+    func start(handler: @escaping @Sendable (ControlRequest) -> ControlResponse) {
+        thread = spawnThread(named: "control") { [self] in serve(handler) }
     }
 
-    func stop() {
-        wake.signal()
-        if let thread { pthread_join(thread, nil) }
+    /// Stops serving, closes the listener and removes the socket file. Idempotent.
+    func shutdown() {
+        if let thread {
+            wake.signal()
+            pthread_join(thread, nil)
+        }
         thread = nil
+        guard !closed else { return }
+        closed = true
+        close(listener)
+        var status = stat()
+        if lstat(path, &status) == 0, UInt64(status.st_dev) == inode.device, UInt64(status.st_ino) == inode.number {
+            unlink(path)
+        }
     }
 
-    private func serve() {
-        var descriptors = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: wake.descriptor, events: Int16(POLLIN), revents: 0)]
+    /// One connected client: what it has sent that is not yet a whole line, the answers it has not yet taken, and
+    /// when it must be gone.
+    private struct Client {
+        let descriptor: Int32
+        let deadline: Int64
+        var input: [UInt8] = []
+        var output: [UInt8] = []
+        /// No more requests are read: the client hung up or sent too much; the connection closes once `output` is out.
+        var finished = false
+    }
+
+    private func serve(_ handler: @Sendable (ControlRequest) -> ControlResponse) {
+        var clients: [Client] = []
+        var descriptors: [pollfd] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        defer { for client in clients { close(client.descriptor) } }
         while true {
-            if poll(&descriptors, 2, -1) < 0 {
+            let now = Self.monotonicMilliseconds()
+            clients.removeAll { client in
+                let done = client.deadline <= now || (client.finished && client.output.isEmpty)
+                if done { close(client.descriptor) }
+                return done
+            }
+            descriptors.removeAll(keepingCapacity: true)
+            descriptors.append(pollfd(fd: wake.descriptor, events: Int16(POLLIN), revents: 0))
+            descriptors.append(pollfd(fd: clients.count < Self.clientLimit ? listener : -1, events: Int16(POLLIN), revents: 0))
+            for client in clients {
+                // A client that does not take its answers is not read from: its buffers stay bounded.
+                let events = client.output.isEmpty ? POLLIN : POLLOUT
+                descriptors.append(pollfd(fd: client.descriptor, events: Int16(events), revents: 0))
+            }
+            let timeout = clients.map(\.deadline).min().map { Int32(clamping: max(0, $0 - now)) } ?? -1
+            if poll(&descriptors, nfds_t(descriptors.count), timeout) < 0 {
                 if errno == EINTR { continue }
                 return
             }
-            if descriptors[1].revents != 0 { return }
-            guard descriptors[0].revents & Int16(POLLIN) != 0 else { continue }
-            let connection = accept(listener, nil, nil)
-            guard connection >= 0 else { continue }
-            _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
-            var timeout = timeval(tv_sec: Self.connectionLifetime, tv_usec: 0)
-            setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            converse(connection)
-            close(connection)
+            if descriptors[0].revents != 0 { return }
+            for index in clients.indices where descriptors[index + 2].revents != 0 {
+                if clients[index].output.isEmpty {
+                    receive(&clients[index], into: &chunk, handler)
+                }
+                Self.flush(&clients[index])
+            }
+            if descriptors[1].revents & Int16(POLLIN) != 0 {
+                let connection = accept(listener, nil, nil)
+                if connection >= 0 {
+                    _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
+                    _ = fcntl(connection, F_SETFL, O_NONBLOCK)
+                    clients.append(Client(descriptor: connection, deadline: now + Self.connectionLifetime * 1000))
+                }
+            }
         }
     }
 
-    /// Answers each request line until the client closes, sends too much, or its connection's lifetime runs out.
-    private func converse(_ connection: Int32) {
-        var pending: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        var start = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &start)
-        while true {
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = Array(pending[..<newline])
-                pending.removeSubrange(...newline)
-                guard Self.write(respond(to: line), to: connection) else { return }
-            }
-            guard pending.count <= Self.requestLimit else {
-                _ = Self.write(.failure("request longer than \(Self.requestLimit) bytes"), to: connection)
-                return
-            }
-            var now = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            let left = Self.connectionLifetime * 1_000_000 - ((now.tv_sec - start.tv_sec) * 1_000_000 + (now.tv_nsec - start.tv_nsec) / 1000)
-            guard left > 0 else { return }
-            var timeout = timeval(tv_sec: left / 1_000_000, tv_usec: left % 1_000_000)
-            setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            let count = read(connection, &chunk, chunk.count)
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return }
-            pending += chunk[..<count]
+    /// Reads what the client sent and queues an answer for every whole line.
+    private func receive(_ client: inout Client, into chunk: inout [UInt8], _ handler: @Sendable (ControlRequest) -> ControlResponse) {
+        let count = recv(client.descriptor, &chunk, chunk.count, Int32(MSG_DONTWAIT))
+        if count < 0 {
+            if errno == EINTR || errno == EAGAIN { return }
+            client.finished = true
+            client.output.removeAll()
+            return
+        }
+        if count == 0 { client.finished = true }
+        client.input += chunk[..<count]
+        while let newline = client.input.firstIndex(of: UInt8(ascii: "\n")) {
+            Self.append(respond(to: client.input[..<newline], handler), to: &client.output)
+            client.input.removeSubrange(...newline)
+        }
+        if client.input.count > Self.requestLimit {
+            Self.append(.failure("request longer than \(Self.requestLimit) bytes"), to: &client.output)
+            client.input.removeAll()
+            client.finished = true
         }
     }
 
-    private func respond(to line: [UInt8]) -> ControlResponse {
+    private func respond(to line: ArraySlice<UInt8>, _ handler: @Sendable (ControlRequest) -> ControlResponse) -> ControlResponse {
         do {
             return handler(try JSONDecoder().decode(ControlRequest.self, from: Data(line)))
         } catch {
@@ -176,17 +242,34 @@ final class ControlServer: @unchecked Sendable {
         }
     }
 
-    private static func write(_ response: ControlResponse, to connection: Int32) -> Bool {
-        guard var bytes = try? Array(JSONEncoder().encode(response)) else { return false }
-        bytes.append(UInt8(ascii: "\n"))
-        var done = 0
-        while done < bytes.count {
-            let count = bytes[done...].withUnsafeBytes { Glibc.write(connection, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return false }
-            done += count
+    private static func append(_ response: ControlResponse, to output: inout [UInt8]) {
+        guard let bytes = try? JSONEncoder().encode(response) else { return }
+        output += bytes
+        output.append(UInt8(ascii: "\n"))
+    }
+
+    /// Sends what the client has not yet taken, as far as its socket accepts without blocking.
+    private static func flush(_ client: inout Client) {
+        while !client.output.isEmpty {
+            let count = client.output.withUnsafeBytes {
+                send(client.descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            }
+            if count < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN { return }
+                // The client has gone: drop its answers and the connection.
+                client.output.removeAll()
+                client.finished = true
+                return
+            }
+            client.output.removeFirst(count)
         }
-        return true
+    }
+
+    private static func monotonicMilliseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
     }
 }
 
@@ -201,33 +284,21 @@ public struct ControlClientError: Error, Sendable, CustomStringConvertible {
 public enum ControlClient {
     /// Sends one request and waits (up to five seconds) for its answer.
     public static func send(_ request: ControlRequest, to path: String) -> Result<ControlResponse, ControlClientError> {
-        func failure(_ what: String, refused: Bool = false) -> Result<ControlResponse, ControlClientError> {
-            .failure(ControlClientError(description: "\(path): \(what)", refused: refused))
+        func failure(_ what: String) -> Result<ControlResponse, ControlClientError> {
+            .failure(ControlClientError(description: "\(path): \(what)", refused: false))
         }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard path.utf8.count < capacity else { return failure("the path is longer than a Unix socket allows") }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+        let connection: Int32
+        switch connect(to: path) {
+        case .success(let descriptor): connection = descriptor
+        case .failure(let error): return .failure(error)
         }
-        let connection = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard connection >= 0 else { return failure("socket: \(String(cString: strerror(errno)))") }
         defer { close(connection) }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(connection, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard connected == 0 else {
-            let refused = errno == ECONNREFUSED
-            return failure(refused ? "no VM is listening (it has stopped?)" : String(cString: strerror(errno)), refused: refused)
-        }
+        setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         guard var bytes = try? Array(JSONEncoder().encode(request)) else { return failure("cannot encode the request") }
         bytes.append(UInt8(ascii: "\n"))
-        guard bytes.withUnsafeBytes({ Glibc.write(connection, $0.baseAddress, $0.count) }) == bytes.count else {
+        guard bytes.withUnsafeBytes({ Glibc.send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == bytes.count else {
             return failure("write: \(String(cString: strerror(errno)))")
         }
         var reply: [UInt8] = []
@@ -243,6 +314,34 @@ public enum ControlClient {
         }
         return .success(response)
     }
+
+    /// Connects to the socket at `path`; the caller owns the returned descriptor.
+    static func connect(to path: String) -> Result<Int32, ControlClientError> {
+        func failure(_ what: String, refused: Bool = false) -> Result<Int32, ControlClientError> {
+            .failure(ControlClientError(description: "\(path): \(what)", refused: refused))
+        }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard path.utf8.count < capacity else { return failure("the path is longer than a Unix socket allows") }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+        }
+        let connection = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard connection >= 0 else { return failure("socket: \(String(cString: strerror(errno)))") }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(connection, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else {
+            let error = errno
+            close(connection)
+            let refused = error == ECONNREFUSED
+            return failure(refused ? "no VM is listening (it has stopped?)" : String(cString: strerror(error)), refused: refused)
+        }
+        return .success(connection)
+    }
 }
 
 extension Machine {
@@ -250,7 +349,7 @@ extension Machine {
     func handleControl(_ request: ControlRequest) -> ControlResponse {
         switch request.command {
         case "status":
-            return ControlResponse(ok: true, state: control.isStopping ? "stopping" : "running")
+            return ControlResponse(ok: true, state: control.isStopping ? "stopping" : "running", name: config.name)
         case "stop":
             control.stop(.stoppedByHost(reason: "stop requested on the control socket"))
             return ControlResponse(ok: true, state: "stopping")

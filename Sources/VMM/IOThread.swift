@@ -17,10 +17,13 @@ final class IOThread: @unchecked Sendable {
     /// Host-event dispatchers by device index; filled before `start` and only read afterwards.
     private var dispatchers: [@Sendable (UInt32, HostEventKind) -> Void] = []
     private var thread: pthread_t?
+    /// The thread's name: `io-` and the device, such as `io-blk0`.
+    let name: String
 
     private static let hostEventFlag: UInt64 = 1 << 63
 
-    init() throws(MachineError) {
+    init(name: String) throws(MachineError) {
+        self.name = name
         poller = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard poller >= 0 else { throw MachineError("epoll_create1: \(String(cString: strerror(errno)))") }
         var event = epoll_event()
@@ -60,7 +63,7 @@ final class IOThread: @unchecked Sendable {
     /// Starts the thread, unless there is nothing to wait for.
     func start() {
         guard !handlers.isEmpty || !dispatchers.isEmpty else { return }
-        thread = spawnThread { [self] in loop() }
+        thread = spawnThread(named: name) { [self] in loop() }
     }
 
     /// Stops the thread and waits for it.

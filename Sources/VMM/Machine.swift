@@ -64,8 +64,14 @@ public final class Machine: Sendable {
     let balloon: Balloon?
     /// The virtio-console's transport, when the guest has one; it takes host input instead of the UART.
     let consoleTransport: (any VirtioTransport)?
+    /// The control socket (`--api-socket`), bound and listening from the start; served while the VM runs.
+    let controlServer: ControlServer?
 
     /// Builds the VM. `console` overrides where guest console output goes (by default, `config.console`).
+    ///
+    /// Every host resource the VM needs is acquired here, before any vCPU can run: the control socket is bound
+    /// and listening, disk images opened, taps opened, the vsock socket bound and the console file opened. A
+    /// failure throws, and the guest never runs.
     public init(config: VMConfig, console: (any ConsoleOutput)? = nil, logger: Logger = Logger(label: "tern")) throws(MachineError) {
         do {
             try config.validate()
@@ -73,7 +79,15 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
         self.config = config
+        var logger = logger
+        if let name = config.name { logger[metadataKey: "vm"] = "\(name)" }
         self.logger = logger
+        try HostFiles.check(config.kernel, label: "--kernel \(config.kernel)", accepts: .regular)
+        if let initrd = config.initrd { try HostFiles.check(initrd, label: "--initrd \(initrd)", accepts: .regular) }
+        if console == nil, case .file(let path) = config.console {
+            try HostFiles.check(path, label: "--console file:\(path)", accepts: .output)
+        }
+        controlServer = try config.apiSocket.map { path throws(MachineError) in try ControlServer(path: path) }
         let hypervisor: Hypervisor
         let software: Bool
         do {
@@ -100,7 +114,7 @@ public final class Machine: Sendable {
             try vm.createTimer()
             software = hypervisor.backend == .software
             if software {
-                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding CMPXCHG16B, XSAVE and AVX from the guest and adding 'noxsave' to its command line")
+                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding CMPXCHG16B, XSAVE and AVX from the guest")
             }
             cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), vcpuCount: config.cpus, softwareVirtualization: software)
         } catch {
@@ -149,10 +163,22 @@ public final class Machine: Sendable {
             }
             backends.append(backend)
             let serial = disk.serial ?? "tern-disk\(index)"
-            specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)") { _ in
+            specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)") { [logger] watcher in
+                var ring: BlockRingEngine?
+                if disk.aio == .ioUring {
+                    do throws(BlockRingError) {
+                        ring = try BlockRingEngine(backend: backend, queueSize: Block.defaultQueueSize, watcher: watcher)
+                        logger.debug("virtio-blk \(index): reads and writes go through io_uring")
+                    } catch .notRawFile {
+                        logger.debug("virtio-blk \(index): only raw images go through io_uring")
+                    } catch {
+                        logger.info("virtio-blk \(index): \(error); using aio=\(disk.cache == .none ? "threads" : "sync")")
+                    }
+                }
                 // O_DIRECT requests wait on the medium: keep the guest's queue depth in flight there.
-                Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial,
-                      ioWorkers: disk.cache == .none ? Self.directIOWorkers : 0)
+                let threads = disk.aio == .threads || disk.aio == .ioUring && disk.cache == .none
+                return Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial,
+                             ioWorkers: threads ? Self.directIOWorkers : 0, ring: ring)
             })
         }
         if config.virtioConsole {
@@ -203,7 +229,7 @@ public final class Machine: Sendable {
         var pciBridge: PCIHostBridge?
         var pciPorts: PCIConfigurationPorts?
         let transports: [any VirtioTransport]
-        ioThreads = try specs.map { _ throws(MachineError) in try IOThread() }
+        ioThreads = try specs.map { spec throws(MachineError) in try IOThread(name: spec.threadName) }
         switch config.virtioTransport {
         case .mmio:
             (virtioSlots, transports) = try Self.attachMMIO(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads,
@@ -217,7 +243,12 @@ public final class Machine: Sendable {
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
         // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.
         var parameters = virtioSlots.map { "virtio_mmio.device=\($0.size)@0x\(String($0.base, radix: 16)):\($0.gsi)" }
-        if software { parameters.append("noxsave") }
+        // Linux would otherwise use XSAVE, which the guest's CPUID does not offer on such hosts; other kernels get
+        // the user's command line unchanged.
+        if software && HostFiles.isLinuxKernel(config.kernel) {
+            logger.info("adding 'noxsave' to the Linux kernel's command line")
+            parameters.append("noxsave")
+        }
         commandLine = config.kernelCommandLine(adding: parameters)
 
         let firmware: ACPITableSet

@@ -13,31 +13,23 @@ extension Machine {
         (0x2FF, 0x806),  // IA32_MTRR_DEF_TYPE: MTRRs enabled, default type write-back
     ]
 
-    /// Runs the VM until it stops, and returns why. Blocks the calling thread.
+    /// Runs the VM until it stops, and returns why. Blocks the calling thread. Host resources (disks, sockets,
+    /// taps, the console file) were acquired when the machine was built; when it stops, the disks are flushed and
+    /// the control socket is removed.
+    ///
+    /// The machine changes no signal disposition or mask of the process: a program that wants signals to stop
+    /// the VM handles them itself and calls `stop(_:)`, which works from any thread, before or during `run`.
     ///
     /// - Parameters:
     ///   - hooks: observation callbacks.
     ///   - forwardInput: forward stdin to the guest's serial console (raw mode on a terminal, Ctrl-A x quits).
-    ///   - handleSignals: stop the VM cleanly on SIGINT, SIGTERM and SIGHUP instead of dying.
-    public func run(hooks: MachineHooks = MachineHooks(), forwardInput: Bool = false, handleSignals: Bool = false) -> MachineOutcome {
+    public func run(hooks: MachineHooks = MachineHooks(), forwardInput: Bool = false) -> MachineOutcome {
         VCPUKicker.installSignalHandler()
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for signal in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&signals, signal) }
-        var signalDescriptor: Int32 = -1
-        if handleSignals {
-            pthread_sigmask(SIG_BLOCK, &signals, nil)
-            signalDescriptor = signalfd(-1, &signals, Int32(SFD_CLOEXEC | SFD_NONBLOCK))
-        }
-        defer {
-            if signalDescriptor >= 0 { close(signalDescriptor) }
-        }
-
         let gate = Latch(count: config.cpus)
         var threads: [pthread_t] = []
         for index in 0..<config.cpus {
             let pin = config.pin?.sets[index]
-            guard let thread = spawnThread({ [self] in vcpuMain(index: index, pin: pin, gate: gate, hooks: hooks) }) else {
+            guard let thread = spawnThread(named: "vcpu\(index)", { [self] in vcpuMain(index: index, pin: pin, gate: gate, hooks: hooks) }) else {
                 control.stop(.failed("cannot start a thread for vCPU \(index): \(String(cString: strerror(errno)))"))
                 // Threads already started wait at the gate for the ones that never came.
                 gate.release()
@@ -56,23 +48,14 @@ extension Machine {
                                  quit: { control.stop(.stoppedByHost(reason: "console escape (Ctrl-A x)")) })
             input?.start()
         }
-
-        var controlServer: ControlServer?
-        if let path = config.apiSocket {
-            do {
-                controlServer = try ControlServer(path: path) { [self] request in handleControl(request) }
-                controlServer?.start()
-            } catch {
-                control.stop(.failed(error.description))
-            }
-        }
+        controlServer?.start { [self] request in handleControl(request) }
         for thread in ioThreads { thread.start() }
         let statisticsTimer = config.balloon?.statisticsInterval.flatMap { interval in
-            balloon.flatMap { balloon in spawnThread { [self] in requestBalloonStatistics(balloon, every: interval) } }
+            balloon.flatMap { balloon in spawnThread(named: "balloon-stats") { [self] in requestBalloonStatistics(balloon, every: interval) } }
         }
-        waitForStop(signalDescriptor: signalDescriptor)
+        waitForStop()
         if let statisticsTimer { pthread_join(statisticsTimer, nil) }
-        controlServer?.stop()
+        controlServer?.shutdown()
         for thread in threads { pthread_join(thread, nil) }
         for thread in ioThreads { thread.stop() }
         for backend in backends {
@@ -83,12 +66,6 @@ extension Machine {
             }
         }
         input?.stop()
-        if handleSignals {
-            // Signals that arrived while the VM wound down are answered already: drop them rather than die of them.
-            var info = signalfd_siginfo()
-            while read(signalDescriptor, &info, MemoryLayout<signalfd_siginfo>.size) > 0 {}
-            pthread_sigmask(SIG_UNBLOCK, &signals, nil)
-        }
         return control.outcome ?? .failed("the VM stopped without a reason")
     }
 
@@ -102,24 +79,17 @@ extension Machine {
         }
     }
 
-    /// Blocks until the machine stops, turning host signals into a clean stop.
-    private func waitForStop(signalDescriptor: Int32) {
-        var descriptors = [pollfd(fd: control.finished.descriptor, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: signalDescriptor, events: Int16(POLLIN), revents: 0)]
+    /// Blocks until the machine stops.
+    private func waitForStop() {
+        var finished = pollfd(fd: control.finished.descriptor, events: Int16(POLLIN), revents: 0)
         while !control.isStopping || control.outcome == nil {
-            let count = poll(&descriptors, signalDescriptor >= 0 ? 2 : 1, -1)
+            let count = poll(&finished, 1, -1)
             if count < 0 {
                 if errno == EINTR { continue }
                 control.stop(.failed("poll: \(String(cString: strerror(errno)))"))
                 return
             }
-            if descriptors[1].revents & Int16(POLLIN) != 0 {
-                var info = signalfd_siginfo()
-                _ = read(signalDescriptor, &info, MemoryLayout<signalfd_siginfo>.size)
-                let name = info.ssi_signo == UInt32(SIGINT) ? "SIGINT" : info.ssi_signo == UInt32(SIGTERM) ? "SIGTERM" : "SIGHUP"
-                control.stop(.stoppedByHost(reason: "received \(name)"))
-            }
-            if descriptors[0].revents & Int16(POLLIN) != 0 { return }
+            if finished.revents & Int16(POLLIN) != 0 { return }
         }
     }
 

@@ -36,13 +36,25 @@ public struct MemorySize: Equatable, Sendable, Codable, CustomStringConvertible 
         bytes = value << shift
     }
 
+    /// Decodes a byte count (a JSON number) or a size string. A number must be a whole number of bytes.
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         if let bytes = try? container.decode(UInt64.self) {
             self.bytes = bytes
+        } else if let number = try? container.decode(Double.self) {
+            guard number >= 1, number.rounded() == number else {
+                throw ConfigError("\(number) is not a whole number of bytes; give bytes, or a size string like \"256M\"")
+            }
+            throw ConfigError("\(number) bytes is too large")
         } else {
             self = try MemorySize(parsing: container.decode(String.self))
         }
+    }
+
+    /// Checks a size given as a bare number of bytes against `minimum`: a user who wrote 1024 meant 1024M.
+    public static func checkBareNumber(_ text: String, option: String, minimum: UInt64) throws(ConfigError) {
+        guard let value = UInt64(text.trimmingSpaces), value < minimum else { return }
+        throw ConfigError("\(option) \(text): a bare number is bytes; did you mean \(text.trimmingSpaces)M?")
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -199,10 +211,21 @@ extension String {
 }
 
 /// A disk given to the guest as a virtio-blk device:
-/// `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none]`.
+/// `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,aio=io_uring|threads|sync]`.
 public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible {
     public enum Format: String, Equatable, Sendable {
         case raw, qcow2
+    }
+
+    /// How reads and writes reach the image, named as QEMU names them.
+    public enum AIO: String, Equatable, Sendable {
+        /// Asynchronously through an io_uring (raw images; others, or hosts without io_uring, use the default
+        /// of the other two: `threads` with `cache=none`, else `sync`).
+        case ioUring = "io_uring"
+        /// A pool of I/O threads, each pass's reads and writes in parallel.
+        case threads
+        /// Each request in turn on the device's I/O thread.
+        case sync
     }
 
     public var path: String
@@ -214,14 +237,17 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
     /// Whether the image goes through the host page cache (`writeback`, the default) or around it with
     /// O_DIRECT (`none`). Guest flushes are made durable with fdatasync either way.
     public var cache: CacheMode
+    /// How reads and writes reach the image.
+    public var aio: AIO
 
     public init(path: String, readOnly: Bool = false, format: Format? = nil, serial: String? = nil,
-                cache: CacheMode = .writeback) {
+                cache: CacheMode = .writeback, aio: AIO = .ioUring) {
         self.path = path
         self.readOnly = readOnly
         self.format = format
         self.serial = serial
         self.cache = cache
+        self.aio = aio
     }
 
     public init(parsing text: String) throws(ConfigError) {
@@ -230,11 +256,14 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         var format: Format?
         var serial: String?
         var cache = CacheMode.writeback
+        var seen: Set<Substring> = []
+        var aio = AIO.ioUring
         for option in text.split(separator: ",", omittingEmptySubsequences: false) {
             let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none]")
+                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,aio=io_uring|threads|sync]")
             }
+            guard seen.insert(parts[0]).inserted else { throw ConfigError("disk '\(text)': \(parts[0]) is given twice; give it once") }
             let value = String(parts[1])
             switch parts[0] {
             case "path": path = value
@@ -252,12 +281,17 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
                     throw ConfigError("disk '\(text)': cache '\(value)' is not writeback (page cache) or none (O_DIRECT)")
                 }
                 cache = mode
+            case "aio":
+                guard let mode = AIO(rawValue: value) else {
+                    throw ConfigError("disk '\(text)': aio '\(value)' is not io_uring, threads or sync")
+                }
+                aio = mode
             default:
-                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial or cache")
+                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial, cache or aio")
             }
         }
         guard let path else { throw ConfigError("disk '\(text)' has no path=FILE") }
-        self.init(path: path, readOnly: readOnly, format: format, serial: serial, cache: cache)
+        self.init(path: path, readOnly: readOnly, format: format, serial: serial, cache: cache, aio: aio)
     }
 
     public init(from decoder: any Decoder) throws {
@@ -275,6 +309,7 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         if let format { text += ",format=\(format.rawValue)" }
         if let serial { text += ",serial=\(serial)" }
         if cache != .writeback { text += ",cache=\(cache.rawValue)" }
+        if aio != .ioUring { text += ",aio=\(aio.rawValue)" }
         return text
     }
 }

@@ -1,5 +1,7 @@
 import BootLoader
 import FoundationEssentials
+import Glibc
+import GuestMemory
 
 /// How VirtIO devices reach the guest.
 public enum VirtioTransportKind: String, Codable, Sendable, CaseIterable {
@@ -9,8 +11,22 @@ public enum VirtioTransportKind: String, Codable, Sendable, CaseIterable {
     case mmio
 }
 
+/// How errors name a setting: by its `tern run` flag (`--memory`) or by its key in a config file (`memory`).
+public enum SettingNames: Sendable {
+    case flags, keys
+
+    func name(_ key: VMConfig.CodingKeys) -> String {
+        switch self {
+        case .flags: "--" + key.rawValue.replacing("_", with: "-")
+        case .keys: key.rawValue
+        }
+    }
+}
+
 /// Everything needed to start a VM. `tern run` builds it from flags or from JSON (the schema the API uses).
 public struct VMConfig: Equatable, Sendable, Codable {
+    /// The VM's name, shown in log lines and by the control socket's `status`.
+    public var name: String?
     /// Guest kernel: an ELF64 image, booted through PVH when it carries the PVH note.
     public var kernel: String
     /// Optional initial ramdisk.
@@ -65,6 +81,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
     }
 
     public static let defaultMemory = MemorySize(bytes: 256 << 20)
+    /// Least guest RAM Tern accepts.
+    public static let minimumMemory = GuestMemory.minimumSize
     /// Most vCPUs a guest may have.
     public static let maximumCPUs = 255
 
@@ -73,7 +91,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
                 kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = [],
                 virtioConsole: Bool = false, virtioTransport: VirtioTransportKind = .pci, nets: [NetSetting] = [],
-                vsock: VsockSetting? = nil, balloon: BalloonSetting? = nil, apiSocket: String? = nil) {
+                vsock: VsockSetting? = nil, balloon: BalloonSetting? = nil, apiSocket: String? = nil, name: String? = nil) {
+        self.name = name
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -97,7 +116,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets, vsock, balloon
+        case name, kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets, vsock, balloon
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
         case virtioConsole = "virtio_console", virtioTransport = "virtio_transport", apiSocket = "api_socket"
     }
@@ -116,32 +135,40 @@ public struct VMConfig: Equatable, Sendable, Codable {
         }
         let container = try decoder.container(keyedBy: CodingKeys.self)
         self.init(
-            kernel: try container.decode(String.self, forKey: .kernel),
-            initrd: try container.decodeIfPresent(String.self, forKey: .initrd),
-            cmdline: try container.decodeIfPresent(String.self, forKey: .cmdline) ?? "",
-            memory: try container.decodeIfPresent(MemorySize.self, forKey: .memory) ?? Self.defaultMemory,
-            cpus: try container.decodeIfPresent(Int.self, forKey: .cpus) ?? 1,
-            pin: try container.decodeIfPresent(PinList.self, forKey: .pin),
-            vmmPin: try container.decodeIfPresent(CPUSet.self, forKey: .vmmPin),
-            console: try container.decodeIfPresent(ConsoleSetting.self, forKey: .console) ?? .stdio,
-            kvmDevice: try container.decodeIfPresent(String.self, forKey: .kvmDevice) ?? "/dev/kvm",
-            mergeable: try container.decodeIfPresent(Bool.self, forKey: .mergeable) ?? false,
-            hugePages: try container.decodeIfPresent(Bool.self, forKey: .hugePages) ?? false,
-            kernelDecompression: try container.decodeIfPresent(KernelDecompression.self, forKey: .kernelDecompression) ?? .host,
-            rng: try container.decodeIfPresent(Bool.self, forKey: .rng) ?? false,
-            disks: try container.decodeIfPresent([DiskSetting].self, forKey: .disks) ?? [],
-            virtioConsole: try container.decodeIfPresent(Bool.self, forKey: .virtioConsole) ?? false,
-            virtioTransport: try container.decodeIfPresent(VirtioTransportKind.self, forKey: .virtioTransport) ?? .pci,
-            nets: try container.decodeIfPresent([NetSetting].self, forKey: .nets) ?? [],
-            vsock: try container.decodeIfPresent(VsockSetting.self, forKey: .vsock),
-            balloon: try container.decodeIfPresent(BalloonSetting.self, forKey: .balloon),
-            apiSocket: try container.decodeIfPresent(String.self, forKey: .apiSocket))
+            kernel: try container.requiredSetting(String.self, .kernel),
+            initrd: try container.setting(String.self, .initrd),
+            cmdline: try container.setting(String.self, .cmdline) ?? "",
+            memory: try container.setting(MemorySize.self, .memory) ?? Self.defaultMemory,
+            cpus: try container.setting(Int.self, .cpus) ?? 1,
+            pin: try container.setting(PinList.self, .pin),
+            vmmPin: try container.setting(CPUSet.self, .vmmPin),
+            console: try container.setting(ConsoleSetting.self, .console) ?? .stdio,
+            kvmDevice: try container.setting(String.self, .kvmDevice) ?? "/dev/kvm",
+            mergeable: try container.setting(Bool.self, .mergeable) ?? false,
+            hugePages: try container.setting(Bool.self, .hugePages) ?? false,
+            kernelDecompression: try container.setting(KernelDecompression.self, .kernelDecompression) ?? .host,
+            rng: try container.setting(Bool.self, .rng) ?? false,
+            disks: try container.setting([DiskSetting].self, .disks) ?? [],
+            virtioConsole: try container.setting(Bool.self, .virtioConsole) ?? false,
+            virtioTransport: try container.setting(VirtioTransportKind.self, .virtioTransport) ?? .pci,
+            nets: try container.setting([NetSetting].self, .nets) ?? [],
+            vsock: try container.setting(VsockSetting.self, .vsock),
+            balloon: try container.setting(BalloonSetting.self, .balloon),
+            apiSocket: try container.setting(String.self, .apiSocket),
+            name: try container.setting(String.self, .name))
     }
 
-    /// Decodes a JSON document; errors name the setting at fault.
+    /// Decodes a JSON document read from `source` and checks it; errors name the file and the key at fault.
+    /// Relative paths in it (kernel, initrd, console file, disks, vsock and API sockets) are taken relative to the
+    /// file's directory.
     public static func decode(json: [UInt8], source: String) throws(ConfigError) -> VMConfig {
+        var config: VMConfig
         do {
-            return try JSONDecoder().decode(VMConfig.self, from: Data(json))
+            if let duplicate = JSONKeys.firstDuplicateTopLevelKey(in: json) {
+                throw ConfigError("\(duplicate) is given twice; give each setting once")
+            }
+            config = try JSONDecoder().decode(VMConfig.self, from: Data(json))
+            try config.validate(naming: .keys)
         } catch let error as ConfigError {
             throw ConfigError("\(source): \(error.description)")
         } catch let DecodingError.keyNotFound(key, _) {
@@ -158,17 +185,127 @@ public struct VMConfig: Equatable, Sendable, Codable {
         } catch {
             throw ConfigError("\(source): \(error)")
         }
+        let directory = source.lastIndex(of: "/").map { String(source[...$0]) } ?? ""
+        config.resolvePaths(relativeTo: directory)
+        return config
     }
 
-    /// Checks the settings that do not depend on the host.
-    public func validate() throws(ConfigError) {
+    /// Prefixes `directory` (ending in "/") to every relative host path.
+    mutating func resolvePaths(relativeTo directory: String) {
+        guard !directory.isEmpty else { return }
+        func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : directory + path }
+        kernel = resolve(kernel)
+        initrd = initrd.map(resolve)
+        if case .file(let path) = console { console = .file(resolve(path)) }
+        for index in disks.indices { disks[index].path = resolve(disks[index].path) }
+        if let path = vsock?.socketPath { vsock?.socketPath = resolve(path) }
+        apiSocket = apiSocket.map(resolve)
+    }
+
+    /// Checks the settings, and the memory size against the host's RAM; errors name settings as `names` says.
+    public func validate(naming names: SettingNames = .flags) throws(ConfigError) {
+        if let name {
+            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.".utf8)
+            guard !name.isEmpty, name.utf8.count <= 64, name.utf8.allSatisfy(allowed.contains) else {
+                throw ConfigError("\(names.name(.name)) '\(name)' is not a name; use up to 64 letters, digits, '-', '_' and '.'")
+            }
+        }
         guard (1...Self.maximumCPUs).contains(cpus) else {
-            throw ConfigError("--cpus \(cpus) is out of range; give 1 to \(Self.maximumCPUs)")
+            throw ConfigError("\(names.name(.cpus)) \(cpus) is out of range; give 1 to \(Self.maximumCPUs)")
         }
         if let pin, pin.sets.count != cpus {
-            throw ConfigError("pin list '\(pin)' has \(pin.sets.count) entries for \(cpus) vCPUs; give exactly one core or set per vCPU")
+            throw ConfigError("\(names.name(.pin)) '\(pin)' has \(pin.sets.count) entries for \(cpus) vCPUs; give exactly one core or set per vCPU")
         }
-        guard memory.bytes % 4096 == 0 else { throw ConfigError("--memory \(memory) is not a multiple of 4 KiB") }
+        guard memory.bytes >= Self.minimumMemory else {
+            throw ConfigError("\(names.name(.memory)) \(memory): a guest needs at least \(Self.minimumMemory >> 20) MiB; give a size with a suffix, like 256M")
+        }
+        guard memory.bytes % 4096 == 0 else { throw ConfigError("\(names.name(.memory)) \(memory) is not a multiple of 4 KiB") }
+        let hostMemory = Self.hostMemory()
+        guard hostMemory == 0 || memory.bytes <= hostMemory else {
+            throw ConfigError("\(names.name(.memory)) \(memory) is more than this host's \(MemorySize(bytes: (hostMemory >> 20) << 20)) of RAM and swap; give less")
+        }
         try balloon?.validate(memory: memory)
+    }
+
+    /// The host's RAM and swap in bytes (MemTotal and SwapTotal in /proc/meminfo; 0 when unknown): no guest can
+    /// have more.
+    static func hostMemory() -> UInt64 {
+        let descriptor = open("/proc/meminfo", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return 0 }
+        defer { close(descriptor) }
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        let count = read(descriptor, &buffer, buffer.count)
+        guard count > 0 else { return 0 }
+        var total: UInt64 = 0
+        for line in buffer[..<count].split(separator: UInt8(ascii: "\n")) {
+            let fields = line.split(separator: UInt8(ascii: " "))
+            guard fields.count >= 2 else { continue }
+            let key = String(decoding: fields[0], as: UTF8.self)
+            if key == "MemTotal:" || key == "SwapTotal:", let kibibytes = UInt64(String(decoding: fields[1], as: UTF8.self)) {
+                total += kibibytes << 10
+            }
+        }
+        return total
+    }
+}
+
+extension KeyedDecodingContainer<VMConfig.CodingKeys> {
+    /// The value at `key`, nil when absent; a `ConfigError` from the value names the key.
+    func setting<T: Decodable>(_ type: T.Type, _ key: Key) throws -> T? {
+        do {
+            return try decodeIfPresent(type, forKey: key)
+        } catch let error as ConfigError {
+            throw ConfigError("\(key.rawValue): \(error.description)")
+        }
+    }
+
+    /// The value at `key`, which must be present; a `ConfigError` from the value names the key.
+    func requiredSetting<T: Decodable>(_ type: T.Type, _ key: Key) throws -> T {
+        do {
+            return try decode(type, forKey: key)
+        } catch let error as ConfigError {
+            throw ConfigError("\(key.rawValue): \(error.description)")
+        }
+    }
+}
+
+/// A scan of a JSON document's structure, for what JSONDecoder does not report.
+enum JSONKeys {
+    /// The first key that appears twice in the top-level object, if any (JSONDecoder keeps one and drops the
+    /// other). Malformed documents yield nil: the decoder reports them.
+    static func firstDuplicateTopLevelKey(in json: [UInt8]) -> String? {
+        var seen: Set<[UInt8]> = []
+        var depth = 0
+        var index = 0
+        var expectingKey = false
+        while index < json.count {
+            let byte = json[index]
+            switch byte {
+            case UInt8(ascii: "{"), UInt8(ascii: "["):
+                depth += 1
+                expectingKey = byte == UInt8(ascii: "{") && depth == 1
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                depth -= 1
+            case UInt8(ascii: ","):
+                expectingKey = depth == 1
+            case UInt8(ascii: "\""):
+                var end = index + 1
+                while end < json.count && json[end] != UInt8(ascii: "\"") {
+                    end += json[end] == UInt8(ascii: "\\") ? 2 : 1
+                }
+                guard end < json.count else { return nil }
+                if expectingKey {
+                    let raw = Array(json[index...end])
+                    let key = (try? JSONDecoder().decode(String.self, from: Data(raw))).map { Array($0.utf8) } ?? raw
+                    if !seen.insert(key).inserted { return String(decoding: key, as: UTF8.self) }
+                    expectingKey = false
+                }
+                index = end
+            default:
+                break
+            }
+            index += 1
+        }
+        return nil
     }
 }

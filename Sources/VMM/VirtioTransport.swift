@@ -43,6 +43,11 @@ struct VirtioDeviceSpec {
     /// Host input typed on the console goes to this device (the virtio-console).
     var takesConsoleInput = false
     let make: (any HostEventWatcher) throws(MachineError) -> any VirtioDevice
+
+    /// The name of the device's I/O thread: "io-blk0" for "virtio-blk 0".
+    var threadName: String {
+        "io-" + name.replacing("virtio-", with: "").replacing(" ", with: "")
+    }
 }
 
 extension Machine {

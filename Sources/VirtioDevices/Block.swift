@@ -11,9 +11,13 @@ import Virtio
 /// buffer directions, unsupported type, backend failure) completes with IOERR or UNSUPP and the queue goes on.
 ///
 /// A notification handles at most one queue's worth of chains; chains left over wait for the next notification.
-/// With I/O workers (`ioWorkers` > 0, for backends on slow media such as O_DIRECT on a disk) the reads and writes
-/// of one pass go to the backend together, in parallel, and complete when all are done; other requests wait for
-/// the reads and writes before them. Without, each request runs in turn on the calling thread.
+/// Reads and writes run in one of three ways. With an io_uring (`ring`, raw images) a pass's reads and writes are
+/// submitted together and complete asynchronously, in the order they finish, when the ring's eventfd reports them
+/// (`hostEvent`); a request of another type waits, held, until every read and write before it has completed, so
+/// that a FLUSH covers them, and the requests after it wait for it. With I/O workers (`ioWorkers` > 0, for
+/// backends on slow media such as O_DIRECT on a disk) the reads and writes of one pass go to the backend together,
+/// in parallel, and complete when all are done; other requests wait for the reads and writes before them.
+/// Otherwise each request runs in turn on the calling thread.
 public struct Block: VirtioDevice {
     /// Device-specific feature bits (VIRTIO 1.2 §5.2.3).
     public enum Feature {
@@ -48,6 +52,8 @@ public struct Block: VirtioDevice {
         public static let unsupported: UInt8 = 2
     }
 
+    /// The queue size a device offers unless told otherwise.
+    public static let defaultQueueSize: UInt16 = 256
     /// The sector size every request counts in.
     public static let sectorSize: UInt64 = 512
     /// Bytes of the GET_ID answer.
@@ -75,6 +81,11 @@ public struct Block: VirtioDevice {
     private var chain: DescriptorChain
     /// The pass's reads and writes, when the device has I/O workers.
     private let batch: BlockIOBatch?
+    /// Asynchronous reads and writes, when the device has an io_uring.
+    private let ring: BlockRingEngine?
+    /// A request that waits for the ring's reads and writes in flight (valid while `isHolding`).
+    private var heldChain: DescriptorChain
+    private var isHolding = false
 
     /// Why a request could not complete normally.
     private enum Failure: Error {
@@ -85,11 +96,12 @@ public struct Block: VirtioDevice {
     }
 
     /// A block device backed by `backend`; `serial` is truncated to 20 bytes of UTF-8. The queue holds up to
-    /// `queueSize` descriptors, a power of two of at least 4. `ioWorkers` threads (none by default) carry out
-    /// reads and writes in parallel; should they fail to start, requests run on the calling thread.
+    /// `queueSize` descriptors, a power of two of at least 4. Reads and writes go through `ring` when given (made
+    /// for `backend`); else `ioWorkers` threads (none by default) carry them out in parallel; should they fail to
+    /// start, requests run on the calling thread.
     public init(
-        memory: GuestMemory, backend: any BlockBackend, readOnly: Bool, serial: String, queueSize: UInt16 = 256,
-        ioWorkers: Int = 0
+        memory: GuestMemory, backend: any BlockBackend, readOnly: Bool, serial: String,
+        queueSize: UInt16 = defaultQueueSize, ioWorkers: Int = 0, ring: BlockRingEngine? = nil
     ) {
         precondition(
             queueSize >= 4 && queueSize <= SplitQueue.maximumSize && queueSize & (queueSize - 1) == 0,
@@ -104,7 +116,9 @@ public struct Block: VirtioDevice {
         self.serial = bytes
         capacity = backend.virtualSize / Self.sectorSize
         chain = DescriptorChain(capacity: Int(queueSize))
-        batch = ioWorkers > 0
+        heldChain = DescriptorChain(capacity: ring == nil ? 0 : Int(queueSize))
+        self.ring = ring
+        batch = ring == nil && ioWorkers > 0
             ? BlockIOPool(threads: ioWorkers, backend: backend).map { BlockIOBatch(pool: $0, capacity: 2 * Int(queueSize)) }
             : nil
     }
@@ -166,58 +180,112 @@ public struct Block: VirtioDevice {
     }
 
     public mutating func notify(queue index: Int) {
-        guard index == 0, var queue, let interrupt else { return }
+        guard index == 0 else { return }
+        serve()
+    }
+
+    /// The ring's eventfd: reads and writes completed.
+    public mutating func hostEvent(token: UInt32, events: HostEventKind) {
+        guard token == BlockRingEngine.eventToken, let ring else { return }
+        ring.clearEvent()
+        serve()
+    }
+
+    public mutating func reset() {
+        batch?.discardAll()
+        ring?.cancelAll()
+        isHolding = false
+        queue = nil
+        interrupt = nil
+        negotiated = []
+    }
+
+    /// Completes what the ring finished, then takes up to a queue's worth of new chains, submitting their reads
+    /// and writes together; stops early while a held request waits or the ring is full, which its completions
+    /// resume.
+    private mutating func serve() {
+        guard var queue, let interrupt else { return }
         var budget = Int(queue.size)
         queue.disableNotifications()
         var pending = false
         do {
             repeat {
-                while budget > 0, try queue.nextChain(into: &chain) {
-                    let status: UInt8
-                    var written: UInt32 = 0
-                    var queued = false
-                    do throws(Failure) {
-                        queued = try execute(written: &written, queue: &queue)
-                        status = Status.ok
-                    } catch {
-                        switch error {
-                        case .status(let value): status = value
-                        case .ring(let reason):
-                            fail(interrupt, "chain \(chain.head): \(reason)")
-                            return
-                        }
-                    }
-                    let last = chain[chain.count - 1]
-                    guard let pointer = try? memory.pointer(at: last.address + UInt64(last.length) - 1, length: 1) else {
-                        fail(interrupt, "chain \(chain.head): status byte outside guest RAM")
-                        return
-                    }
-                    if queued, let batch {
-                        batch.endRequest(head: chain.head, status: pointer, written: written)
-                    } else {
-                        pointer.storeBytes(of: status, as: UInt8.self)
-                        queue.addUsed(head: chain.head, length: written + 1)
-                    }
+                reapRing(&queue)
+                if isHolding, let ring, ring.inFlight == 0 {
+                    swap(&chain, &heldChain)
+                    isHolding = false
+                    guard handleChain(&queue, interrupt) else { return }
+                }
+                while budget > 0, !isHolding, ring?.hasRoom ?? true, try queue.nextChain(into: &chain) {
+                    guard handleChain(&queue, interrupt) else { return }
                     budget -= 1
                 }
                 runBatch(&queue)
-                if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
+                if let ring {
+                    ring.submit()
+                    guard !ring.isBroken else {
+                        fail(interrupt, "io_uring refused a submission")
+                        return
+                    }
+                    reapRing(&queue)
+                }
+                if queue.needsNotification() { interrupt.signalUsedBuffers(queue: 0) }
                 pending = queue.enableNotifications()
-            } while pending && budget > 0
+            } while budget > 0 && (pending && !isWaiting || isHolding && ring?.inFlight == 0)
         } catch {
             fail(interrupt, "\(error)")
             return
         }
         self.queue = queue
         // Stopped at the budget with buffers left: the driver published them already and will not notify again.
-        if pending { interrupt.requestService(queue: index) }
+        // (A device waiting for the ring resumes on its completions instead.)
+        if pending && !isWaiting { interrupt.requestService(queue: 0) }
     }
 
-    public mutating func reset() {
-        batch?.discardAll()
-        queue = nil
-        interrupt = nil
-        negotiated = []
+    /// Whether new chains wait for the ring: a held request, or no free slot.
+    private var isWaiting: Bool { isHolding || ring.map { !$0.hasRoom } ?? false }
+
+    /// Completes the requests whose ring transfers finished.
+    private func reapRing(_ queue: inout SplitQueue) {
+        guard let ring, ring.inFlight > 0 else { return }
+        ring.reap(ok: Status.ok, ioError: Status.ioError) { head, usedLength in
+            queue.addUsed(head: head, length: usedLength)
+        }
+        ring.submit()
+    }
+
+    /// Carries out (or queues, or holds) the request in `chain`. Returns false when the chain broke the ring rules
+    /// and the device failed.
+    private mutating func handleChain(_ queue: inout SplitQueue, _ interrupt: any InterruptSignal) -> Bool {
+        var status: UInt8 = Status.ok
+        var written: UInt32 = 0
+        var disposition = Disposition.completed
+        let pointer: UnsafeMutableRawPointer
+        do throws(Failure) {
+            pointer = try statusPointer()
+            do throws(Failure) {
+                disposition = try execute(written: &written, status: pointer, queue: &queue)
+            } catch {
+                guard case .status(let value) = error else { throw error }
+                status = value
+            }
+        } catch {
+            if case .ring(let reason) = error { fail(interrupt, "chain \(chain.head): \(reason)") }
+            return false
+        }
+        switch disposition {
+        case .completed:
+            pointer.storeBytes(of: status, as: UInt8.self)
+            queue.addUsed(head: chain.head, length: written + 1)
+        case .batched:
+            batch?.endRequest(head: chain.head, status: pointer, written: written)
+        case .submitted:
+            break
+        case .held:
+            swap(&chain, &heldChain)
+            isHolding = true
+        }
+        return true
     }
 
     /// Carries out the queued reads and writes and completes their requests.
@@ -229,17 +297,42 @@ public struct Block: VirtioDevice {
     /// Drops the queue and asks the driver for a reset.
     private mutating func fail(_ interrupt: any InterruptSignal, _ reason: String) {
         batch?.discardAll()
+        ring?.cancelAll()
+        isHolding = false
         queue = nil
         interrupt.signalNeedsReset(reason: "virtio-blk: \(reason)")
     }
 
-    /// Carries out the request in `chain`, adding the data bytes written into guest buffers to `written`.
-    /// Returns normally for status OK: true when the request's reads or writes wait in `batch` (which then
-    /// completes it), false when it is done. Requests other than reads and writes first finish the batch.
-    private func execute(written: inout UInt32, queue: inout SplitQueue) throws(Failure) -> Bool {
+    /// What became of a request that `execute` accepted.
+    private enum Disposition {
+        /// Done: its status goes back now.
+        case completed
+        /// Its reads or writes wait in `batch`, which completes it.
+        case batched
+        /// Its transfer is in the ring, whose completion completes it.
+        case submitted
+        /// It waits for the ring's transfers in flight, in `heldChain`.
+        case held
+    }
+
+    /// The host address of the chain's status byte, the last device-writable byte.
+    private func statusPointer() throws(Failure) -> UnsafeMutableRawPointer {
         guard chain.count > chain.readableCount, chain[chain.count - 1].length > 0 else {
             throw .ring("no device-writable status byte")
         }
+        let last = chain[chain.count - 1]
+        guard let pointer = try? memory.pointer(at: last.address + UInt64(last.length) - 1, length: 1) else {
+            throw .ring("status byte outside guest RAM")
+        }
+        return pointer
+    }
+
+    /// Carries out the request in `chain`, adding the data bytes written into guest buffers to `written`, or
+    /// queues it (its status byte at `status`). Returns normally for status OK, saying what became of the request.
+    /// Requests other than reads and writes first finish the batch, and wait for the ring's transfers in flight.
+    private func execute(
+        written: inout UInt32, status: UnsafeMutableRawPointer, queue: inout SplitQueue
+    ) throws(Failure) -> Disposition {
         guard chain.readableLength >= Self.headerLength else {
             throw .ring("request header is \(chain.readableLength) bytes, below 16")
         }
@@ -249,13 +342,15 @@ public struct Block: VirtioDevice {
         // Data the driver supplies after the header, and room it gives before the status byte.
         let dataOut = chain.readableLength - Self.headerLength
         let dataIn = chain.writableLength - 1
+        let isTransfer = type == RequestType.read || type == RequestType.write
         if let batch {
-            if type == RequestType.read || type == RequestType.write {
+            if isTransfer {
                 if !batch.hasRoom(for: chain.count) { runBatch(&queue) }
             } else {
                 runBatch(&queue)
             }
         }
+        if let ring, !isTransfer, ring.inFlight > 0 { return .held }
 
         switch type {
         case RequestType.read:
@@ -274,8 +369,9 @@ public struct Block: VirtioDevice {
                     batch.abandonRequest()
                     throw error
                 }
-                return true
+                return .batched
             }
+            if try submit(isWrite: false, offset: base, skip: 0, count: dataIn, status: status) { return .submitted }
             try forEachPiece(writable: true, skip: 0, count: dataIn) { (piece, at) throws(Failure) in
                 do { try backend.read(at: base + at, into: piece) } catch { throw .status(Status.ioError) }
                 written += UInt32(piece.count)
@@ -295,8 +391,9 @@ public struct Block: VirtioDevice {
                     batch.abandonRequest()
                     throw error
                 }
-                return true
+                return .batched
             }
+            if try submit(isWrite: true, offset: base, skip: Self.headerLength, count: dataOut, status: status) { return .submitted }
             try forEachPiece(writable: false, skip: Self.headerLength, count: dataOut) { (piece, at) throws(Failure) in
                 do { try backend.write(at: base + at, from: UnsafeRawBufferPointer(piece)) } catch {
                     throw .status(Status.ioError)
@@ -339,7 +436,23 @@ public struct Block: VirtioDevice {
         default:
             throw .status(Status.unsupported)
         }
-        return false
+        return .completed
+    }
+
+    /// Puts a read (or write) of `count` bytes at `offset` into the ring, its buffers the chain's writable (or
+    /// readable) bytes from `skip`. Returns false when the device has no ring or the request cannot go through it.
+    private func submit(
+        isWrite: Bool, offset: UInt64, skip: UInt64, count: UInt64, status: UnsafeMutableRawPointer
+    ) throws(Failure) -> Bool {
+        guard let ring else { return false }
+        ring.begin()
+        do {
+            try forEachPiece(writable: !isWrite, skip: skip, count: count) { (piece, _) throws(Failure) in ring.add(piece) }
+        } catch {
+            ring.abandon()
+            throw error
+        }
+        return ring.commit(head: chain.head, isWrite: isWrite, offset: offset, status: status)
     }
 
     /// Whether `sectors` sectors from `sector` lie within the device (overflow-safe).

@@ -38,6 +38,7 @@ struct Exec: ParsableCommand {
 
     func run() {
         logging.bootstrap()
+        let signals = SignalHandling(logger: Logger(label: "tern"))
         let settings: VMConfig
         do {
             settings = try configure()
@@ -45,7 +46,7 @@ struct Exec: ParsableCommand {
         } catch {
             fail(error.description, status: 2)
         }
-        bootAndRun(settings, forwardInput: false)
+        bootAndRun(settings, forwardInput: false, signals: signals)
     }
 
     func configure() throws(ConfigError) -> VMConfig {

@@ -26,13 +26,17 @@ extension Preallocation: ExpressibleByArgument {}
 func imageFailure(_ path: String, _ error: DiskError) -> ExitCode {
     let fix: String
     switch error {
+    case .inUse(_, let readOnly):
+        fix = readOnly ? "use -U to read it anyway" : "stop the program using it first"
+    case .refused:
+        printError("tern: \(path): \(error)")
+        return ExitCode(1)
     case .corrupt: fix = "run `tern image check \(path)` and repair or restore it"
     case .unsupported: fix = "convert it to a plain qcow2 v3 image first"
     case .readOnly: fix = "check the file's permissions and the image's corrupt bit"
     case .io: fix = "check the path, permissions and free space"
     case .outOfRange: fix = "keep offsets within the virtual size"
     case .invalidArgument: fix = "see `tern image --help`"
-    case .injectedFault: fix = "this only happens under the test fault injector"
     }
     printError("tern: \(path): \(error); \(fix)")
     return ExitCode(1)

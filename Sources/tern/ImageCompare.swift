@@ -10,6 +10,7 @@ struct ImageCompare: ParsableCommand {
     @Flag(name: .customShort("s"), help: "Strict: sizes and allocation must match too.") var strict = false
     @Flag(name: .customShort("p"), help: "Show progress.") var progress = false
     @Flag(name: .customShort("q"), help: "Quiet: print nothing, only the exit status tells.") var quiet = false
+    @Flag(name: [.customShort("U"), .long], help: "Read the images even if another process has them open (no lock).") var forceShare = false
     @Argument(help: "First image.") var first: String
     @Argument(help: "Second image.") var second: String
 
@@ -30,7 +31,7 @@ struct ImageCompare: ParsableCommand {
     }
 
     func opened(_ path: String, _ format: ImageFormat?) throws -> any BlockBackend {
-        do { return try openImage(path: path, format: format) } catch {
+        do { return try openImage(path: path, format: format, forceShare: forceShare) } catch {
             _ = imageFailure(path, error)
             throw ExitCode(2)
         }

@@ -40,9 +40,6 @@ struct ImageConvert: ParsableCommand {
             return
         }
         guard let source, let destination else { usageFailure("give the source image and the output image", verb: "convert") }
-        if sameFile(source, destination) {
-            throw imageFailure(destination, .invalidArgument("the output is the source image"))
-        }
         let src = try withImage(source) { () throws(DiskError) in try openImage(path: source, format: sourceFormat) }
         var o = ConvertOptions()
         try withImage(destination) { () throws(DiskError) in

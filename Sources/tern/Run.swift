@@ -12,11 +12,15 @@ struct Run: ParsableCommand {
             A guest ends the VM by writing a byte to I/O port 0x501 (tern exits with that byte as its status),
             by resetting through the i8042 (exit status 0) or by powering off (exit status 0).
             A guest that crashes (triple fault, an instruction KVM cannot emulate) gets a report on stderr and exit status 1;
-            a VM stopped by SIGINT, SIGTERM or the console escape exits with 130.
+            a VM stopped by SIGINT, SIGTERM, SIGHUP, the console escape or `tern control stop` exits with 130 after its
+            disks are flushed and its control socket removed. SIGUSR1, SIGUSR2, SIGALRM and SIGPIPE are ignored.
             """)
 
-    @Option(help: ArgumentHelp("Read the VM's settings from a JSON file (keys: kernel, initrd, cmdline, memory, cpus, pin, vmm_pin, console, kvm_device, mergeable, huge_pages). Other flags override it.", valueName: "file"))
+    @Option(help: ArgumentHelp("Read the VM's settings from a JSON file (keys: name, kernel, initrd, cmdline, memory, cpus, pin, vmm_pin, console, kvm_device, mergeable, huge_pages, ...; relative paths are relative to the file). Other flags override it.", valueName: "file"))
     var config: String?
+
+    @Option(help: ArgumentHelp("A name for the VM, shown in log lines and by `tern control status`.", valueName: "name"))
+    var name: String?
 
     @Option(help: ArgumentHelp("The guest kernel: an ELF64 image, booted through PVH when it has the PVH note.", valueName: "file"))
     var kernel: String?
@@ -27,7 +31,7 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("The kernel command line.", valueName: "string"))
     var cmdline: String?
 
-    @Option(help: ArgumentHelp("Guest RAM, with a K, M, G or T suffix (default 256M).", valueName: "size"))
+    @Option(help: ArgumentHelp("Guest RAM, with a K, M, G or T suffix (default 256M); a bare number is bytes.", valueName: "size"))
     var memory: String?
 
     @Option(help: ArgumentHelp("Number of vCPUs (default 1).", valueName: "n"))
@@ -69,10 +73,10 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("virtio-transport"), help: ArgumentHelp("How VirtIO devices reach the guest: 'pci' (default: virtio-pci with MSI-X behind a PCI host bridge) or 'mmio' (virtio-mmio windows).", valueName: "kind"))
     var virtioTransport: String?
 
-    @Option(name: .customLong("api-socket"), help: ArgumentHelp("Serve the VM's controls (status, stop, balloon) on this Unix socket; see `tern control`.", valueName: "path"))
+    @Option(name: .customLong("api-socket"), help: ArgumentHelp("Serve the VM's controls (status, stop, balloon) on this Unix socket (mode 0600); see `tern control`.", valueName: "path"))
     var apiSocket: String?
 
-    @Flag(help: "Let KSM merge identical guest pages (MADV_MERGEABLE).")
+    @Flag(help: "Let KSM merge identical guest pages (anonymous private RAM with MADV_MERGEABLE).")
     var mergeable = false
 
     @Flag(name: .customLong("huge-pages"), help: "Back guest RAM with transparent huge pages (MADV_HUGEPAGE).")
@@ -82,6 +86,7 @@ struct Run: ParsableCommand {
 
     func run() {
         logging.bootstrap()
+        let signals = SignalHandling(logger: Logger(label: "tern"))
         let settings: VMConfig
         do {
             settings = try resolveConfig()
@@ -89,7 +94,7 @@ struct Run: ParsableCommand {
         } catch {
             fail(error.description, status: 2)
         }
-        bootAndRun(settings, forwardInput: true)
+        bootAndRun(settings, forwardInput: true, signals: signals)
     }
 
     /// Merges the JSON file (if any) with the flags; flags win.
@@ -104,7 +109,10 @@ struct Run: ParsableCommand {
         if let kernel { settings.kernel = kernel }
         if let initrd { settings.initrd = initrd }
         if let cmdline { settings.cmdline = cmdline }
-        if let memory { settings.memory = try MemorySize(parsing: memory) }
+        if let memory {
+            try MemorySize.checkBareNumber(memory, option: "--memory", minimum: VMConfig.minimumMemory)
+            settings.memory = try MemorySize(parsing: memory)
+        }
         if let cpus { settings.cpus = cpus }
         if let pin { settings.pin = try PinList(parsing: pin) }
         if let vmmPin { settings.vmmPin = try CPUSet(parsing: vmmPin) }
@@ -129,15 +137,22 @@ struct Run: ParsableCommand {
         for spec in disk { settings.disks.append(try DiskSetting(parsing: spec)) }
         for spec in net { settings.nets.append(try NetSetting.parse(spec)) }
         if let vsock { settings.vsock = try VsockSetting.parse(vsock) }
-        if let balloon { settings.balloon = try BalloonSetting.parse(balloon == "on" ? "" : balloon) }
+        if let balloon { settings.balloon = try BalloonSetting.parse(balloon) }
+        if let name { settings.name = name }
         if hugePages { settings.hugePages = true }
         return settings
     }
 
+    /// Reads a config file: a regular file of at most 1 MiB. O_NONBLOCK keeps a FIFO from hanging the open.
     func readFile(_ path: String) throws(ConfigError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw ConfigError("\(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw ConfigError("--config \(path): \(String(cString: strerror(errno)))") }
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            throw ConfigError("--config \(path): \(HostFiles.describe(status.st_mode & S_IFMT)), not a regular file; give a JSON file")
+        }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {

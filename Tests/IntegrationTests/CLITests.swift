@@ -1,6 +1,6 @@
 import Testing
 
-@Suite(.serialized) struct CLITests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct CLITests {
     @Test func runPrintsTheGuestsOutputAndExitsWithItsStatus() throws {
         let result = try runProcess([Repository.ternBinary(), "run", "--kernel", Repository.guest("hello")])
         #expect(result.status == 0)

@@ -2,7 +2,7 @@ import Glibc
 import Testing
 
 /// `tern run` on a terminal: raw mode while the guest runs, Ctrl-A x to quit, the terminal restored afterwards.
-@Suite(.serialized) struct ConsoleTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct ConsoleTests {
     @Test func escapeSequenceQuitsAndRestoresTheTerminal() throws {
         let master = open("/dev/ptmx", O_RDWR | O_NOCTTY)
         try #require(master >= 0)

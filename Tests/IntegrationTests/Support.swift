@@ -17,8 +17,10 @@ enum Repository {
         return path
     }
 
-    /// The `tern` executable that `swift build` produced for these tests.
+    /// The `tern` executable that `swift build` produced for these tests, or the one `TERN_BINARY` names (to run
+    /// the tests against another build, such as the one before a fix).
     static func ternBinary() throws -> String {
+        if let override = getenv("TERN_BINARY") { return String(cString: override) }
         for configuration in ["debug", "release"] {
             let path = "\(root)/.build/\(configuration)/tern"
             if access(path, X_OK) == 0 { return path }

@@ -4,7 +4,7 @@ import Testing
 import VMM
 
 /// The `rng` test guest drives virtio-rng over virtio-mmio from ring 3, as a polling driver.
-@Suite(.serialized) struct VirtioGuestTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct VirtioGuestTests {
     @Test(arguments: VirtioTransportKind.allCases) func rngGuestGetsRandomBytes(transport: VirtioTransportKind) throws {
         let run = try boot(VMConfig(kernel: Repository.guest("rng"), rng: true, virtioTransport: transport))
         #expect(run.outcome == .guestExit(0), "output: \(run.output)")
@@ -39,7 +39,7 @@ import VMM
 }
 
 /// The `blk` test guest drives virtio-blk over virtio-mmio against raw and qcow2 images.
-@Suite(.serialized) struct VirtioBlockGuestTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct VirtioBlockGuestTests {
     static func scratch(_ name: String) -> String { "/tmp/tern-blk-\(getpid())-\(name)" }
 
     static func ternImage(_ arguments: [String]) throws {
@@ -125,7 +125,7 @@ import VMM
 
 /// The `console` test guest talks over virtio-console (hvc0): output reaches the console target, and host input
 /// typed into the machine reaches the guest's receive queue.
-@Suite(.serialized) struct VirtioConsoleGuestTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct VirtioConsoleGuestTests {
     @Test(arguments: VirtioTransportKind.allCases) func guestOutputReachesTheConsole(transport: VirtioTransportKind) throws {
         let run = try boot(VMConfig(kernel: Repository.guest("console"), virtioConsole: true, virtioTransport: transport))
         #expect(run.outcome == .guestExit(0), "output: \(run.output)")
@@ -151,7 +151,7 @@ import VMM
 
 /// The `hostile` guest attacks every VirtIO device with malformed queues, one attack at a time: each attacked device
 /// must go to DEVICE_NEEDS_RESET, every other device must keep serving, and a reset must bring the attacked one back.
-@Suite(.serialized) struct HostileGuestTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct HostileGuestTests {
     @Test(arguments: VirtioTransportKind.allCases)
     func everyAttackBreaksOnlyTheAttackedDevice(transport: VirtioTransportKind) throws {
         let path = "/tmp/tern-hostile-\(getpid())-\(transport).img"

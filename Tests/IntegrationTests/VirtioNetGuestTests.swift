@@ -6,7 +6,7 @@ import VMM
 
 /// The `net` test guest drives virtio-net over both transports: through libslirp's user-mode NAT (ARP and ping to
 /// the gateway, UDP echoes of datagrams a host forward delivers), and through a tap interface on the host kernel.
-@Suite(.serialized) struct VirtioNetGuestTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct VirtioNetGuestTests {
     @Test(arguments: VirtioTransportKind.allCases) func userNetworkAnswersARPAndPing(transport: VirtioTransportKind) throws {
         let run = try boot(try VMConfig(kernel: Repository.guest("net"), virtioTransport: transport, nets: [NetSetting.parse("user")]))
         #expect(run.outcome == .guestExit(0), "output: \(run.output)")

@@ -54,7 +54,7 @@ private enum UnixSocket {
 }
 
 /// The `vsock` guest over both transports, against host Unix sockets laid out as Firecracker does.
-@Suite(.serialized) struct VirtioVsockGuestTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct VirtioVsockGuestTests {
     static func socketPath(_ tag: String) -> String { "/tmp/tern-vsock-\(getpid())-\(tag)" }
 
     /// The guest connects to host port 1234, which Tern turns into a connection to `<uds>_1234`.
@@ -110,7 +110,7 @@ private enum UnixSocket {
 }
 
 /// The `balloon` guest inflates to the host's target and deflates half; the control socket resizes a balloon.
-@Suite(.serialized) struct VirtioBalloonGuestTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct VirtioBalloonGuestTests {
     @Test(arguments: VirtioTransportKind.allCases) func guestInflatesToTheTarget(transport: VirtioTransportKind) throws {
         let run = try boot(VMConfig(kernel: Repository.guest("balloon"), virtioTransport: transport,
                                     balloon: BalloonSetting.parse("target=16M,stats-interval=1")))

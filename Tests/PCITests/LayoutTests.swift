@@ -1,5 +1,6 @@
 import GuestMemory
 import PCI
+import TestSupport
 import Testing
 import Virtio
 import VirtioPCI

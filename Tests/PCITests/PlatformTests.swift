@@ -1,6 +1,7 @@
 import Devices
 import PCI
 import Synchronization
+import TestSupport
 import Testing
 import VirtioPCI
 

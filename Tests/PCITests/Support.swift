@@ -3,23 +3,9 @@ import Glibc
 import GuestMemory
 import PCI
 import Synchronization
+import TestSupport
 import VirtioDevices
 import VirtioPCI
-
-/// An interrupt line that remembers its level and counts its edges.
-final class RecordingLine: InterruptLine {
-    private let state = Mutex((level: false, changes: 0))
-
-    func setLevel(_ asserted: Bool) {
-        state.withLock { state in
-            if state.level != asserted { state.changes += 1 }
-            state.level = asserted
-        }
-    }
-
-    var isAsserted: Bool { state.withLock { $0.level } }
-    var changes: Int { state.withLock { $0.changes } }
-}
 
 /// An MSI-X routing that records what the function asked of it.
 final class RecordingRouting: MSIXRouting {
@@ -251,24 +237,24 @@ struct Machine {
 
     /// Puts descriptor 0 (`length` bytes at `buffer`, with `flags`) in the available ring of a queue of 8, asks for
     /// an interrupt when it is used (used_event, as the device offers EVENT_IDX) and notifies queue 0.
-    func offer(length: UInt32 = 64, flags: UInt16 = 2) throws {
-        try memory.store(try usedIndex(), at: Self.available + 4 + 2 * 8)
+    func offer(length: UInt32 = 64, flags: UInt16 = DescriptorFlag.write) throws {
+        var ring = ring
+        try ring.adoptIndices()
+        try ring.setUsedEvent(try ring.usedIndex())
         try memory.write(Array(repeating: Self.pattern, count: Int(length)), at: Self.buffer)
-        try memory.store(Self.buffer, at: Self.descriptors)
-        try memory.store(length, at: Self.descriptors + 8)
-        try memory.store(flags, at: Self.descriptors + 12)
-        try memory.store(UInt16(0), at: Self.descriptors + 14)
-        let index: UInt16 = try memory.load(at: Self.available + 2)
-        try memory.store(UInt16(0), at: Self.available + 4 + 2 * UInt64(index % 8))
-        try memory.store(index &+ 1, at: Self.available + 2)
+        try ring.setDescriptor(0, address: Self.buffer, length: length, flags: flags)
+        try ring.makeAvailable(0)
         setBar(0x2000, width: 2, 0)
     }
 
-    func usedIndex() throws -> UInt16 { try memory.load(at: Self.used + 2) }
-
-    func usedElement(_ slot: UInt64) throws -> (UInt32, UInt32) {
-        (try memory.load(at: Self.used + 4 + 8 * slot), try memory.load(at: Self.used + 8 + 8 * slot))
+    /// The driver's side of queue 0 as `setUpQueue()` lays it out.
+    var ring: DriverRing {
+        DriverRing(memory: memory, size: 8, descriptorTable: Self.descriptors, availableRing: Self.available, usedRing: Self.used)
     }
+
+    func usedIndex() throws -> UInt16 { try ring.usedIndex() }
+
+    func usedElement(_ slot: Int) throws -> (UInt32, UInt32) { try ring.usedElement(slot) }
 
     /// A whole request from reset: whether 64 random bytes come back through the used ring.
     func completesRequest() throws -> Bool {
@@ -310,17 +296,4 @@ func concurrently(_ bodies: [@Sendable () -> Void]) {
         threads.append(thread)
     }
     for thread in threads { pthread_join(thread, nil) }
-}
-
-/// SplitMix64: a small seeded generator, so failures reproduce.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

@@ -1,4 +1,5 @@
 import PCI
+import TestSupport
 import Testing
 import Virtio
 import VirtioPCI

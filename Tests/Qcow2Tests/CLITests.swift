@@ -18,7 +18,7 @@ func tern(_ args: String...) -> ProcResult {
     return run(t, ["image"] + args)
 }
 
-@Suite("tern image command line", .serialized)
+@Suite("tern image command line", .serialized, .timeLimit(.minutes(3)))
 struct CLITests {
     @Test("verbs, JSON output and exit codes")
     func verbs() throws {
@@ -45,7 +45,7 @@ struct CLITests {
         writeFile(img, b)
         #expect(tern("check", img).status == 3)
         #expect(qemuImg("check", img).status == 3)
-        let repaired = tern("check", "--repair", "--output", "json", img)
+        let repaired = tern("check", "--repair", "all", "--output", "json", img)
         #expect(repaired.status == 0 && repaired.out.contains("\"leaks-fixed\": 1"))
         expectQemuClean(img)
         // snapshots

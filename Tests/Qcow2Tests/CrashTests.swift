@@ -1,5 +1,6 @@
 import Foundation
 import Qcow2
+import TestSupport
 import Testing
 
 /// Runs `workload` with a file that stops accepting writes after `limit` operations.
@@ -9,7 +10,7 @@ func runCut(_ path: String, limit: Int, _ workload: (Qcow2Image) throws -> Void)
     do {
         let f = FaultInjectingFile(try PosixFile(path: path, writable: true), failAfter: limit)
         let img = try Qcow2Image(file: f, path: path, options: Qcow2OpenOptions(writable: true))
-        do { try workload(img) } catch let e as DiskError where e == .injectedFault {}
+        do { try workload(img) } catch let e as DiskError where e == injectedFault {}
         return f.operations
     } catch {
         Issue.record("unexpected error: \(error)")

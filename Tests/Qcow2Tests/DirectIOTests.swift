@@ -15,7 +15,7 @@ import Testing
         let size = 3 * 4096 + 1000
         var reference = [UInt8](repeating: 0, count: size)
         for index in reference.indices { reference[index] = UInt8(truncatingIfNeeded: index &* 31 &+ 7) }
-        try PosixFile(path: path, writable: true, create: true).pwrite(UnsafeRawBufferPointer(start: reference, count: size), at: 0)
+        try reference.withUnsafeBytes { try PosixFile(path: path, writable: true, create: true).pwrite($0, at: 0) }
 
         let direct = try PosixFile(path: path, writable: true, cache: .none)
         // Writes that start and end mid-block, one spanning blocks, one in the partial last block.
@@ -32,7 +32,7 @@ import Testing
             #expect(read == Array(reference[offset..<(offset + count)]), "read of \(count) at \(offset)")
         }
         var buffered = [UInt8](repeating: 0, count: size)
-        try buffered.withUnsafeMutableBytes { try PosixFile(path: path, writable: false).pread($0, at: 0) }
+        try buffered.withUnsafeMutableBytes { try PosixFile(path: path, writable: false, forceShare: true).pread($0, at: 0) }
         #expect(buffered == reference)
     }
 
@@ -66,7 +66,7 @@ import Testing
         #expect(read == data)
         let check = Process()
         check.executableURL = URL(fileURLWithPath: qemuImg)
-        check.arguments = ["check", top]
+        check.arguments = ["check", "-U", top]
         try check.run()
         check.waitUntilExit()
         #expect(check.terminationStatus == 0)

@@ -2,6 +2,7 @@ import BootLoader
 import Decompression
 import Glibc
 import GuestMemory
+import TestSupport
 import Testing
 
 /// Builds a minimal bzImage: one setup sector, a setup header, protected-mode code and a compressed payload.

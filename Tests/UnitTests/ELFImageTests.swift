@@ -1,80 +1,6 @@
 import BootLoader
+import TestSupport
 import Testing
-
-/// Builds small ELF64 images in memory for parser tests.
-struct ELFBuilder {
-    var machine: UInt16 = 62
-    var type: UInt16 = 2
-    var entry: UInt64 = 0x10_0000
-    var segments: [(physical: UInt64, payload: [UInt8], memorySize: UInt64)] = [(0x10_0000, [0x90, 0x90, 0xF4], 0x1000)]
-    var note: [UInt8]? = ELFBuilder.pvhNote(entry: 0x10_0000)
-
-    static func pvhNote(entry: UInt32, descriptorSize: Int = 4) -> [UInt8] {
-        var bytes: [UInt8] = []
-        bytes.append(le32: 4)
-        bytes.append(le32: UInt32(descriptorSize))
-        bytes.append(le32: 18)
-        bytes.append(contentsOf: Array("Xen\0".utf8))
-        if descriptorSize == 8 { bytes.append(le64: UInt64(entry)) } else { bytes.append(le32: entry) }
-        return bytes
-    }
-
-    func build() -> [UInt8] {
-        let headerCount = segments.count + (note == nil ? 0 : 1)
-        var data: [UInt8] = []
-        var offsets: [UInt64] = []
-        var dataOffset = UInt64(64 + 56 * headerCount)
-        for segment in segments {
-            offsets.append(dataOffset)
-            data.append(contentsOf: segment.payload)
-            dataOffset += UInt64(segment.payload.count)
-        }
-        let noteOffset = dataOffset
-        if let note { data.append(contentsOf: note) }
-
-        var bytes: [UInt8] = [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8)
-        bytes.append(le16: type)
-        bytes.append(le16: machine)
-        bytes.append(le32: 1)
-        bytes.append(le64: entry)
-        bytes.append(le64: 64)  // e_phoff
-        bytes.append(le64: 0)  // e_shoff
-        bytes.append(le32: 0)  // e_flags
-        bytes.append(le16: 64)
-        bytes.append(le16: 56)
-        bytes.append(le16: UInt16(headerCount))
-        bytes.append(le16: 64)
-        bytes.append(le16: 0)
-        bytes.append(le16: 0)
-        for (index, segment) in segments.enumerated() {
-            bytes.append(le32: 1)
-            bytes.append(le32: 7)
-            bytes.append(le64: offsets[index])
-            bytes.append(le64: segment.physical)
-            bytes.append(le64: segment.physical)
-            bytes.append(le64: UInt64(segment.payload.count))
-            bytes.append(le64: segment.memorySize)
-            bytes.append(le64: 0x1000)
-        }
-        if let note {
-            bytes.append(le32: 4)
-            bytes.append(le32: 4)
-            bytes.append(le64: noteOffset)
-            bytes.append(le64: 0)
-            bytes.append(le64: 0)
-            bytes.append(le64: UInt64(note.count))
-            bytes.append(le64: UInt64(note.count))
-            bytes.append(le64: 4)
-        }
-        return bytes + data
-    }
-}
-
-extension Array where Element == UInt8 {
-    mutating func append(le16 value: UInt16) { Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) } }
-    mutating func append(le32 value: UInt32) { Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) } }
-    mutating func append(le64 value: UInt64) { Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) } }
-}
 
 func parse(_ bytes: [UInt8]) throws(ImageFormatError) -> ELFImage {
     let result: Result<ELFImage, ImageFormatError> = bytes.withUnsafeBytes { buffer in
@@ -161,13 +87,22 @@ func parse(_ bytes: [UInt8]) throws(ImageFormatError) -> ELFImage {
         #expect(throws: ImageFormatError.self) { try parse(builder.build()) }
     }
 
-    @Test func survivesEveryTruncationAndByteFlip() {
+    @Test func refusesEveryTruncationAndKeepsByteFlipsInsideTheFile() {
         let bytes = ELFBuilder().build()
-        for length in 0..<bytes.count { _ = try? parse(Array(bytes.prefix(length))) }
+        // The segment's bytes and the note end the file, so every shorter prefix loses one of them.
+        for length in 0..<bytes.count {
+            #expect(throws: ImageFormatError.self, "prefix of \(length) bytes") { try parse(Array(bytes.prefix(length))) }
+        }
+        // A flipped byte is refused or yields segments whose file bytes lie inside the file.
         for position in 0..<bytes.count {
             var mutated = bytes
             mutated[position] ^= 0xFF
-            _ = try? parse(mutated)
+            guard let image = try? parse(mutated) else { continue }
+            for segment in image.segments {
+                let end = segment.fileOffset.addingReportingOverflow(segment.fileSize)
+                #expect(!end.overflow && end.partialValue <= UInt64(bytes.count), "byte \(position) flipped")
+                #expect(segment.fileSize <= segment.memorySize, "byte \(position) flipped")
+            }
         }
     }
 }

@@ -1,18 +1,9 @@
 import BootLoader
 import Glibc
 import GuestMemory
+import TestSupport
 import Testing
 import X86
-
-/// Writes `bytes` to a fresh temporary file and returns its path.
-func temporaryFile(_ bytes: [UInt8], name: String = "file") -> String {
-    var template = Array("/tmp/tern-test-\(name)-XXXXXX".utf8CString)
-    let fd = mkstemp(&template)
-    precondition(fd >= 0)
-    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    close(fd)
-    return String(cString: template)
-}
 
 @Suite struct KernelLoaderTests {
     @Test func pvhKernelGetsStartInfoCommandLineAndMemoryMap() throws {

@@ -1,12 +1,7 @@
 import Devices
 import Synchronization
+import TestSupport
 import Testing
-
-final class RecordingLine: InterruptLine {
-    let levels = Mutex<[Bool]>([])
-    func setLevel(_ asserted: Bool) { levels.withLock { $0.append(asserted) } }
-    var last: Bool? { levels.withLock { $0.last } }
-}
 
 final class RecordingOutput: ConsoleOutput {
     let bytes = Mutex<[UInt8]>([])
@@ -58,24 +53,24 @@ struct UART {
         uart.write(1, 0x01)  // RX data interrupt
         #expect(uart.read(2) & 0x01 == 1)
         #expect(uart.serial.receive(Array("ok".utf8)) == 2)
-        #expect(uart.line.last == true)
+        #expect(uart.line.isAsserted)
         #expect(uart.read(2) & 0x0F == 0x04)
         #expect(uart.read(5) & 0x01 == 1)
         #expect(uart.read(0) == UInt8(ascii: "o"))
         #expect(uart.read(0) == UInt8(ascii: "k"))
         #expect(uart.read(5) & 0x01 == 0)
-        #expect(uart.line.last == false)
+        #expect(!uart.line.isAsserted)
     }
 
     @Test func transmitterEmptyInterruptClearsOnIIRRead() {
         let uart = UART()
         uart.write(4, 0x08)
         uart.write(1, 0x02)
-        #expect(uart.line.last == true)
+        #expect(uart.line.isAsserted)
         #expect(uart.read(2) & 0x0F == 0x02)
-        #expect(uart.line.last == false)
+        #expect(!uart.line.isAsserted)
         uart.write(0, 0x41)
-        #expect(uart.line.last == true)
+        #expect(uart.line.isAsserted)
     }
 
     @Test func interruptNeedsOUT2() {
@@ -83,7 +78,7 @@ struct UART {
         uart.write(4, 0x00)
         uart.write(1, 0x01)
         uart.serial.receive([1])
-        #expect(uart.line.last != true)
+        #expect(!uart.line.isAsserted)
     }
 
     @Test func loopbackEchoesDataAndModemLines() {

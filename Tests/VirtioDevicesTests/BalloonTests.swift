@@ -1,4 +1,5 @@
 import GuestMemory
+import TestSupport
 import Testing
 import Virtio
 import VirtioDevices
@@ -23,10 +24,10 @@ import VirtioDevices
         let harness = try BalloonHarness(Self.everything)
         harness.device.setTarget(bytes: 8 << 20 | 123)
         #expect(harness.device.targetBytes == 8 << 20)
-        #expect(harness.interrupt.configurationChanges.withLock { $0 } == 1)
+        #expect(harness.interrupt.configurationChanges == 1)
         // The same target again changes nothing.
         harness.device.setTarget(bytes: 8 << 20)
-        #expect(harness.interrupt.configurationChanges.withLock { $0 } == 1)
+        #expect(harness.interrupt.configurationChanges == 1)
         var config = [UInt8](repeating: 0xAA, count: 16)
         config.withUnsafeMutableBytes { harness.device.readConfiguration(offset: 0, into: $0) }
         #expect(config == [0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
@@ -62,7 +63,7 @@ import VirtioDevices
         // Pages 0..<32 in order (one range), 40 and 63 alone; the rest stay.
         try harness.sendFrames((0..<32).map(BalloonHarness.frame) + [BalloonHarness.frame(40), BalloonHarness.frame(63)], queue: 0)
         #expect(try harness.used(0).map(\.length) == [0])
-        #expect(harness.interrupt.usedQueues.withLock { $0 } == [0])
+        #expect(harness.interrupt.usedQueues == [0])
         // Measured before the checks below read the pages back in.
         #expect(harness.memory.residentBytes() + 34 * 4096 <= before)
         for page in 0..<64 {
@@ -83,7 +84,7 @@ import VirtioDevices
         #expect(!harness.device.requestStatistics())
         let first = statisticsEntries([(4, 1 << 20), (5, 16 << 20), (10, 3), (42, 7), (4, 2 << 20)])
         try harness.memory.write(first, at: BalloonHarness.listAddress)
-        try harness.publish(2, [Buffer(address: BalloonHarness.listAddress, length: UInt32(first.count), isWrite: false)])
+        try harness.publish(2, [ChainBuffer(address: BalloonHarness.listAddress, length: UInt32(first.count), isWrite: false)])
         var expected = BalloonStatistics()
         expected.freeMemory = 2 << 20
         expected.totalMemory = 16 << 20
@@ -98,14 +99,14 @@ import VirtioDevices
         #expect(availableEvent == 1)
         #expect(harness.device.requestStatistics())
         #expect(try harness.used(2).map(\.length) == [0])
-        #expect(harness.interrupt.usedQueues.withLock { $0 } == [2])
+        #expect(harness.interrupt.usedQueues == [2])
         #expect(!harness.device.requestStatistics())
         // The driver refills and sends it back.
         let second = statisticsEntries((0..<11).map { (UInt16($0), UInt64($0) * 100) })
         try harness.memory.write(second, at: BalloonHarness.listAddress)
         try harness.publish(2, [
-            Buffer(address: BalloonHarness.listAddress, length: 25, isWrite: false),
-            Buffer(address: BalloonHarness.listAddress + 25, length: UInt32(second.count - 25), isWrite: false),
+            ChainBuffer(address: BalloonHarness.listAddress, length: 25, isWrite: false),
+            ChainBuffer(address: BalloonHarness.listAddress + 25, length: UInt32(second.count - 25), isWrite: false),
         ])
         let latest = try #require(harness.device.latestStatistics)
         for tag in BalloonStatistics.Tag.allCases { #expect(latest[tag] == UInt64(tag.rawValue) * 100) }
@@ -117,7 +118,7 @@ import VirtioDevices
         let withoutStatistics = Self.everything.acknowledged(without: Balloon.Feature.statisticsQueue)
         var harness = try BalloonHarness(Self.everything, acknowledged: withoutStatistics)
         try harness.fillPages(0, count: 4)
-        try harness.publish(2, [Buffer(address: BalloonHarness.pageBase, length: 4 * 4096, isWrite: true)])
+        try harness.publish(2, [ChainBuffer(address: BalloonHarness.pageBase, length: 4 * 4096, isWrite: true)])
         #expect(try harness.used(2).count == 1)
         #expect(try (0..<4).allSatisfy { try harness.pageIsZero($0) })
         // A notification for queue 3 (absent) does nothing.
@@ -126,7 +127,7 @@ import VirtioDevices
         // With both, statistics are 2 and reporting 3.
         var both = try BalloonHarness(Self.everything)
         try both.fillPages(0, count: 1)
-        try both.publish(3, [Buffer(address: BalloonHarness.pageBase, length: 4096, isWrite: true)])
+        try both.publish(3, [ChainBuffer(address: BalloonHarness.pageBase, length: 4096, isWrite: true)])
         #expect(try both.used(3).count == 1)
         #expect(try both.pageIsZero(0))
 
@@ -139,7 +140,7 @@ import VirtioDevices
         var harness = try BalloonHarness(Self.everything)
         [UInt8]([0xAA, 0xAA, 0xAA, 0xAA]).withUnsafeBytes { harness.device.writeConfiguration(offset: 12, bytes: $0) }
         try harness.fillPages(0, count: 2)
-        try harness.publish(3, [Buffer(address: BalloonHarness.pageBase, length: 2 * 4096, isWrite: true)])
+        try harness.publish(3, [ChainBuffer(address: BalloonHarness.pageBase, length: 2 * 4096, isWrite: true)])
         #expect(try harness.used(3).count == 1)
         #expect(try !harness.pageIsZero(0) && !harness.pageIsZero(1))
     }
@@ -161,18 +162,18 @@ import VirtioDevices
             try harness.sendFrames([UInt32((16 << 20) >> 12)], queue: 1)
         case .oddListLength:
             try harness.memory.write([1, 2, 3, 4, 5, 6], at: list)
-            try harness.publish(0, [Buffer(address: list, length: 6, isWrite: false)])
+            try harness.publish(0, [ChainBuffer(address: list, length: 6, isWrite: false)])
         case .writableList:
-            try harness.publish(0, [Buffer(address: list, length: 4, isWrite: false), Buffer(address: list + 64, length: 4, isWrite: true)])
+            try harness.publish(0, [ChainBuffer(address: list, length: 4, isWrite: false), ChainBuffer(address: list + 64, length: 4, isWrite: true)])
         case .partialStatisticsEntry:
-            try harness.publish(2, [Buffer(address: list, length: 15, isWrite: false)])
+            try harness.publish(2, [ChainBuffer(address: list, length: 15, isWrite: false)])
         case .unalignedReport:
-            try harness.publish(3, [Buffer(address: BalloonHarness.pageBase + 512, length: 4096, isWrite: true)])
+            try harness.publish(3, [ChainBuffer(address: BalloonHarness.pageBase + 512, length: 4096, isWrite: true)])
         case .reportOutsideRAM:
-            try harness.publish(3, [Buffer(address: 15 << 20, length: 2 << 20, isWrite: true)])
+            try harness.publish(3, [ChainBuffer(address: 15 << 20, length: 2 << 20, isWrite: true)])
         }
         #expect(harness.interrupt.resets == 1, "\(hostility)")
-        let reason = harness.interrupt.resetReasons.withLock { $0.first } ?? ""
+        let reason = harness.interrupt.resetReasons.first ?? ""
         #expect(reason.hasPrefix("virtio-balloon: ") && !reason.contains("\n"))
         // Nothing more is done until a reset.
         try harness.sendFrames([BalloonHarness.frame(0)], queue: 0)

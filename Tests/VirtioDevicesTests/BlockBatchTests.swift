@@ -1,5 +1,6 @@
 import GuestMemory
 import Qcow2
+import TestSupport
 import Testing
 import Virtio
 @testable import VirtioDevices
@@ -16,15 +17,8 @@ import Virtio
         _ harness: inout Harness, _ requests: [(type: UInt32, sector: UInt64, out: [UInt8], inLength: Int)]
     ) throws -> [(status: UInt8, used: UInt32?, data: [UInt8])] {
         let memory = harness.memory
-        func descriptor(_ index: Int, address: UInt64, length: Int, write: Bool, next: Bool) throws {
-            let at = Harness.descriptorTable + 16 * UInt64(index)
-            try memory.store(address, at: at)
-            try memory.store(UInt32(length), at: at + 8)
-            try memory.store(UInt16((next ? 1 : 0) | (write ? 2 : 0)), at: at + 12)
-            try memory.store(UInt16(index + 1), at: at + 14)
-        }
-        let usedBefore: UInt16 = try memory.load(at: Harness.usedRing + 2)
-        var availableIndex: UInt16 = try memory.load(at: Harness.availableRing + 2)
+        let usedBefore = try harness.ring.usedIndex()
+        try harness.ring.adoptIndices()
         for (index, request) in requests.enumerated() {
             let header = Harness.headerAddress + 64 * UInt64(index)
             let status = Harness.statusAddress + UInt64(index)
@@ -35,26 +29,22 @@ import Virtio
             try memory.store(UInt8(0xFF), at: status)
             try memory.write(request.out + [UInt8](repeating: 0xEE, count: request.inLength), at: data)
             let length = max(request.out.count, request.inLength)
-            try descriptor(3 * index, address: header, length: 16, write: false, next: true)
+            var chain = [ChainBuffer(address: header, length: 16, isWrite: false)]
             if length > 0 {
-                try descriptor(3 * index + 1, address: data, length: length, write: request.inLength > 0, next: true)
-            } else {
-                // No data: the header leads straight to the status byte.
-                try memory.store(UInt16(3 * index + 2), at: Harness.descriptorTable + 16 * UInt64(3 * index) + 14)
+                chain.append(ChainBuffer(address: data, length: UInt32(length), isWrite: request.inLength > 0))
             }
-            try descriptor(3 * index + 2, address: status, length: 1, write: true, next: false)
-            try memory.store(UInt16(3 * index), at: Harness.availableRing + 4 + 2 * UInt64(availableIndex & (Harness.queueSize - 1)))
-            availableIndex &+= 1
+            chain.append(ChainBuffer(address: status, length: 1, isWrite: true))
+            let head = UInt16(3 * index)
+            try harness.ring.writeChain(chain, head: head)
+            try harness.ring.makeAvailable(head)
         }
-        try memory.store(availableIndex, at: Harness.availableRing + 2)
         harness.device.notify(queue: 0)
-        let usedAfter: UInt16 = try memory.load(at: Harness.usedRing + 2)
+        let usedAfter = try harness.ring.usedIndex()
         var usedLength: [Int: UInt32] = [:]
         var position = usedBefore
         while position != usedAfter {
-            let element = Harness.usedRing + 4 + 8 * UInt64(position & (Harness.queueSize - 1))
-            let head: UInt32 = try memory.load(at: element)
-            usedLength[Int(head) / 3] = try memory.load(at: element + 4)
+            let element = try harness.ring.usedElement(Int(position))
+            usedLength[Int(element.id) / 3] = element.length
             position &+= 1
         }
         return try requests.indices.map { index in

@@ -1,5 +1,6 @@
 import GuestMemory
 import Qcow2
+import TestSupport
 import Testing
 import Virtio
 import VirtioDevices
@@ -66,7 +67,7 @@ private let sector = 512
         let indirect = try harness.request(Block.RequestType.read, sector: 2, inLength: 10 * sector, indirect: true)
         #expect(indirect.status == Block.Status.ok)
         #expect(indirect.data == [UInt8](repeating: 0, count: sector) + data + [UInt8](repeating: 0, count: sector))
-        #expect(harness.interrupt.usedBuffers.withLock { $0 } == 3)
+        #expect(harness.interrupt.usedBuffers == 3)
         #expect(!harness.interrupt.needsReset)
     }
 
@@ -77,9 +78,9 @@ private let sector = 512
         try harness.memory.store(Block.RequestType.read, at: Harness.headerAddress)
         try harness.memory.store(UInt64(0), at: Harness.headerAddress + 8)
         let used = try harness.submit([
-            Buffer(address: Harness.headerAddress, length: 5, isWrite: false),
-            Buffer(address: Harness.headerAddress + 5, length: 11, isWrite: false),
-            Buffer(address: Harness.inAddress, length: UInt32(sector) + 1, isWrite: true),
+            ChainBuffer(address: Harness.headerAddress, length: 5, isWrite: false),
+            ChainBuffer(address: Harness.headerAddress + 5, length: 11, isWrite: false),
+            ChainBuffer(address: Harness.inAddress, length: UInt32(sector) + 1, isWrite: true),
         ])
         // The status is the last byte of the last writable segment, which here also holds data.
         #expect(used == UInt32(sector + 1))
@@ -204,14 +205,14 @@ private let sector = 512
     }
 
     @Test(arguments: [0, 3]) func malformedChainsNeedReset(ioWorkers: Int) throws {
-        let header = Buffer(address: Harness.headerAddress, length: 16, isWrite: false)
-        let status = Buffer(address: Harness.statusAddress, length: 1, isWrite: true)
-        let chains: [[Buffer]] = [
-            [header, Buffer(address: Harness.statusAddress, length: 1, isWrite: false)],  // readable status
+        let header = ChainBuffer(address: Harness.headerAddress, length: 16, isWrite: false)
+        let status = ChainBuffer(address: Harness.statusAddress, length: 1, isWrite: true)
+        let chains: [[ChainBuffer]] = [
+            [header, ChainBuffer(address: Harness.statusAddress, length: 1, isWrite: false)],  // readable status
             [header],  // no status at all
-            [header, Buffer(address: Harness.statusAddress, length: 0, isWrite: true)],  // empty status segment
-            [Buffer(address: Harness.headerAddress, length: 8, isWrite: false), status],  // header too short
-            [header, Buffer(address: 0xFFFF_0000_0000, length: 512, isWrite: true), status],  // outside RAM
+            [header, ChainBuffer(address: Harness.statusAddress, length: 0, isWrite: true)],  // empty status segment
+            [ChainBuffer(address: Harness.headerAddress, length: 8, isWrite: false), status],  // header too short
+            [header, ChainBuffer(address: 0xFFFF_0000_0000, length: 512, isWrite: true), status],  // outside RAM
         ]
         for buffers in chains {
             var harness = try Harness(.raw, ioWorkers: ioWorkers)

@@ -1,6 +1,7 @@
 import Devices
 import GuestMemory
 import Synchronization
+import TestSupport
 import Testing
 import Virtio
 import VirtioDevices
@@ -27,62 +28,33 @@ struct ConsoleHarness {
     let output = RecordingOutput()
     let interrupt = RecordingInterrupt()
     var device: Console
-    /// Next free descriptor and next available-ring slot, per queue.
-    private var nextDescriptor: [UInt16] = [0, 0]
-    private var availableIndex: [UInt16] = [0, 0]
+    private var driverRings: [DriverRing]
 
     init() throws {
         memory = try GuestMemory(size: 16 << 20)
         device = Console(memory: memory, output: output, queueSize: Self.queueSize)
         let features = device.features
-        let queues = try Self.rings.map { rings in
-            try SplitQueue(
+        let memory = memory
+        driverRings = Self.rings.map { rings in
+            DriverRing(
                 memory: memory, size: Self.queueSize, descriptorTable: rings.table,
                 availableRing: rings.available, usedRing: rings.used, features: features)
         }
-        try device.activate(features: features, queues: queues, interrupt: interrupt)
+        try device.activate(features: features, queues: try driverRings.map { try $0.queue() }, interrupt: interrupt)
     }
 
     /// Makes `buffers` available on `queue` as one chain (direct, or through one indirect table).
-    mutating func publish(_ queue: Int, _ buffers: [Buffer], indirect: Bool = false) throws {
-        let rings = Self.rings[queue]
-        let head = nextDescriptor[queue]
-        func store(_ index: UInt16, _ buffer: Buffer, table: UInt64, next: UInt16?) throws {
-            let at = table + 16 * UInt64(index)
-            try memory.store(buffer.address, at: at)
-            try memory.store(buffer.length, at: at + 8)
-            try memory.store(UInt16((next == nil ? 0 : 1) | (buffer.isWrite ? 2 : 0)), at: at + 12)
-            try memory.store(next ?? 0, at: at + 14)
-        }
-        if indirect {
-            for (index, buffer) in buffers.enumerated() {
-                let index = UInt16(index)
-                try store(index, buffer, table: Self.indirectTable, next: index + 1 < buffers.count ? index + 1 : nil)
-            }
-            try memory.store(Self.indirectTable, at: rings.table + 16 * UInt64(head))
-            try memory.store(UInt32(16 * buffers.count), at: rings.table + 16 * UInt64(head) + 8)
-            try memory.store(UInt16(4), at: rings.table + 16 * UInt64(head) + 12)
-            nextDescriptor[queue] += 1
-        } else {
-            for (offset, buffer) in buffers.enumerated() {
-                let index = head + UInt16(offset)
-                try store(index, buffer, table: rings.table, next: offset + 1 < buffers.count ? index + 1 : nil)
-            }
-            nextDescriptor[queue] += UInt16(buffers.count)
-        }
-        let slot = availableIndex[queue] & (Self.queueSize - 1)
-        try memory.store(head, at: rings.available + 4 + 2 * UInt64(slot))
-        availableIndex[queue] &+= 1
-        try memory.store(availableIndex[queue], at: rings.available + 2)
+    mutating func publish(_ queue: Int, _ buffers: [ChainBuffer], indirect: Bool = false) throws {
+        try driverRings[queue].publish(buffers, indirectTable: indirect ? Self.indirectTable : nil)
     }
 
     /// used.idx of `queue`.
-    func usedIndex(_ queue: Int) throws -> UInt16 { try memory.load(at: Self.rings[queue].used + 2) }
+    func usedIndex(_ queue: Int) throws -> UInt16 { try driverRings[queue].usedIndex() }
 
     /// Used element `index` of `queue`: the head and the written length.
     func usedElement(_ queue: Int, _ index: UInt16) throws -> (head: UInt32, length: UInt32) {
-        let at = Self.rings[queue].used + 4 + 8 * UInt64(index & (Self.queueSize - 1))
-        return (try memory.load(at: at), try memory.load(at: at + 4))
+        let element = try driverRings[queue].usedElement(Int(index))
+        return (element.id, element.length)
     }
 }
 
@@ -128,10 +100,10 @@ struct ConsoleHarness {
         try harness.memory.write(Array("world".utf8), at: 0x20_1000)
         try harness.memory.write(Array("\n".utf8), at: 0x20_2000)
         try harness.publish(1, [
-            Buffer(address: 0x20_0000, length: 7, isWrite: false),
-            Buffer(address: 0x20_1000, length: 5, isWrite: false),
+            ChainBuffer(address: 0x20_0000, length: 7, isWrite: false),
+            ChainBuffer(address: 0x20_1000, length: 5, isWrite: false),
         ])
-        try harness.publish(1, [Buffer(address: 0x20_2000, length: 1, isWrite: false)], indirect: true)
+        try harness.publish(1, [ChainBuffer(address: 0x20_2000, length: 1, isWrite: false)], indirect: true)
         harness.device.notify(queue: 1)
         #expect(harness.output.bytes == Array("hello, world\n".utf8))
         // Segment by segment, straight from guest memory.
@@ -139,7 +111,7 @@ struct ConsoleHarness {
         #expect(try harness.usedIndex(1) == 2)
         #expect(try harness.usedElement(1, 0) == (0, 0))
         #expect(try harness.usedElement(1, 1) == (2, 0))
-        #expect(harness.interrupt.usedBuffers.withLock { $0 } == 1)
+        #expect(harness.interrupt.usedBuffers == 1)
         // A receiveq notification does nothing.
         harness.device.notify(queue: 0)
         #expect(try harness.usedIndex(0) == 0)
@@ -149,11 +121,11 @@ struct ConsoleHarness {
     @Test func receiveFillsBuffers() throws {
         var harness = try ConsoleHarness()
         try harness.publish(0, [
-            Buffer(address: 0x30_0000, length: 3, isWrite: true),
-            Buffer(address: 0x30_1000, length: 2, isWrite: true),
+            ChainBuffer(address: 0x30_0000, length: 3, isWrite: true),
+            ChainBuffer(address: 0x30_1000, length: 2, isWrite: true),
         ])
-        try harness.publish(0, [Buffer(address: 0x30_2000, length: 4, isWrite: true)], indirect: true)
-        try harness.publish(0, [Buffer(address: 0x30_3000, length: 8, isWrite: true)])
+        try harness.publish(0, [ChainBuffer(address: 0x30_2000, length: 4, isWrite: true)], indirect: true)
+        try harness.publish(0, [ChainBuffer(address: 0x30_3000, length: 8, isWrite: true)])
         #expect(harness.device.receive(Array("abcdefgh".utf8)) == 8)
         #expect(try harness.memory.bytes(at: 0x30_0000, count: 3) == Array("abc".utf8))
         #expect(try harness.memory.bytes(at: 0x30_1000, count: 2) == Array("de".utf8))
@@ -161,7 +133,7 @@ struct ConsoleHarness {
         #expect(try harness.usedIndex(0) == 2)
         #expect(try harness.usedElement(0, 0) == (0, 5))
         #expect(try harness.usedElement(0, 1) == (2, 3))
-        #expect(harness.interrupt.usedBuffers.withLock { $0 } == 1)
+        #expect(harness.interrupt.usedBuffers == 1)
         // The last buffer takes 8 of 10 bytes; the other 2 are refused.
         #expect(harness.device.receive(Array("0123456789".utf8)) == 8)
         #expect(try harness.memory.bytes(at: 0x30_3000, count: 8) == Array("01234567".utf8))
@@ -174,12 +146,12 @@ struct ConsoleHarness {
         var harness = try ConsoleHarness()
         #expect(harness.device.receive(Array("x".utf8)) == 0)
         #expect(try harness.usedIndex(0) == 0)
-        #expect(harness.interrupt.usedBuffers.withLock { $0 } == 0)
+        #expect(harness.interrupt.usedBuffers == 0)
         // Nothing is offered while the device is not running.
         var idle = Console(memory: harness.memory, output: harness.output)
         #expect(idle.receive(Array("x".utf8)) == 0)
         // Empty input pops no buffer.
-        try harness.publish(0, [Buffer(address: 0x30_0000, length: 4, isWrite: true)])
+        try harness.publish(0, [ChainBuffer(address: 0x30_0000, length: 4, isWrite: true)])
         #expect(harness.device.receive([UInt8]()) == 0)
         #expect(try harness.usedIndex(0) == 0)
         #expect(!harness.interrupt.needsReset)
@@ -188,29 +160,29 @@ struct ConsoleHarness {
     @Test func writableBufferOnTransmitqNeedsReset() throws {
         var harness = try ConsoleHarness()
         try harness.publish(1, [
-            Buffer(address: 0x20_0000, length: 4, isWrite: false),
-            Buffer(address: 0x20_1000, length: 4, isWrite: true),
+            ChainBuffer(address: 0x20_0000, length: 4, isWrite: false),
+            ChainBuffer(address: 0x20_1000, length: 4, isWrite: true),
         ])
         harness.device.notify(queue: 1)
         #expect(harness.interrupt.needsReset)
         #expect(try harness.usedIndex(1) == 0)
         // The queues are dropped: input is refused too.
-        try harness.publish(0, [Buffer(address: 0x30_0000, length: 4, isWrite: true)])
+        try harness.publish(0, [ChainBuffer(address: 0x30_0000, length: 4, isWrite: true)])
         #expect(harness.device.receive(Array("x".utf8)) == 0)
     }
 
     @Test func readableBufferOnReceiveqNeedsReset() throws {
         var harness = try ConsoleHarness()
-        try harness.publish(0, [Buffer(address: 0x30_0000, length: 4, isWrite: false)])
+        try harness.publish(0, [ChainBuffer(address: 0x30_0000, length: 4, isWrite: false)])
         #expect(harness.device.receive(Array("abc".utf8)) == 0)
-        #expect(harness.interrupt.resetReasons.withLock { $0.count } == 1)
+        #expect(harness.interrupt.resetReasons.count == 1)
         #expect(try harness.usedIndex(0) == 0)
         #expect(try harness.memory.bytes(at: 0x30_0000, count: 3) == [0, 0, 0])
     }
 
     @Test func resetDropsQueues() throws {
         var harness = try ConsoleHarness()
-        try harness.publish(1, [Buffer(address: 0x20_0000, length: 1, isWrite: false)])
+        try harness.publish(1, [ChainBuffer(address: 0x20_0000, length: 1, isWrite: false)])
         harness.device.reset()
         harness.device.notify(queue: 1)
         #expect(harness.output.bytes.isEmpty)

@@ -3,7 +3,7 @@ import Glibc
 import Testing
 import VirtioDevices
 
-@Suite struct SlirpBackendTests {
+@Suite(.timeLimit(.minutes(1))) struct SlirpBackendTests {
     static let guest: UInt32 = 0x0A00_020F
     static let gateway: UInt32 = 0x0A00_0202
 

@@ -1,5 +1,6 @@
 import GuestMemory
 import Synchronization
+import TestSupport
 import Virtio
 import VirtioDevices
 
@@ -78,8 +79,7 @@ struct NetHarness {
     let watcher = NetWatcher()
     let interrupt = RecordingInterrupt()
     var device: Net
-    private var nextDescriptor: [UInt16] = [0, 0]
-    private var availableIndex: [UInt16] = [0, 0]
+    private var driverRings: [DriverRing] = []
 
     /// A device over a backend with `offloads`, activated with every offered feature but `declined` unless
     /// `activate` is false.
@@ -96,46 +96,18 @@ struct NetHarness {
     /// Activates the device with `acknowledged` (default: every offered feature).
     mutating func activate(acknowledged: VirtioFeatures? = nil) throws {
         let features = acknowledged ?? device.features
-        let queues = try Self.rings.map { rings in
-            try SplitQueue(
+        let memory = memory
+        driverRings = Self.rings.map { rings in
+            DriverRing(
                 memory: memory, size: Self.queueSize, descriptorTable: rings.table,
                 availableRing: rings.available, usedRing: rings.used, features: features)
         }
-        try device.activate(features: features, queues: queues, interrupt: interrupt)
+        try device.activate(features: features, queues: try driverRings.map { try $0.queue() }, interrupt: interrupt)
     }
 
     /// Makes `buffers` available on `queue` as one chain (direct, or through one indirect table).
-    mutating func publish(_ queue: Int, _ buffers: [Buffer], indirect: Bool = false) throws {
-        let rings = Self.rings[queue]
-        let head = nextDescriptor[queue] % Self.queueSize
-        func store(_ index: UInt16, _ buffer: Buffer, table: UInt64, next: UInt16?) throws {
-            let at = table + 16 * UInt64(index)
-            try memory.store(buffer.address, at: at)
-            try memory.store(buffer.length, at: at + 8)
-            try memory.store(UInt16((next == nil ? 0 : 1) | (buffer.isWrite ? 2 : 0)), at: at + 12)
-            try memory.store(next ?? 0, at: at + 14)
-        }
-        if indirect {
-            for (index, buffer) in buffers.enumerated() {
-                let index = UInt16(index)
-                try store(index, buffer, table: Self.indirectTable, next: index + 1 < buffers.count ? index + 1 : nil)
-            }
-            try memory.store(Self.indirectTable, at: rings.table + 16 * UInt64(head))
-            try memory.store(UInt32(16 * buffers.count), at: rings.table + 16 * UInt64(head) + 8)
-            try memory.store(UInt16(4), at: rings.table + 16 * UInt64(head) + 12)
-            nextDescriptor[queue] += 1
-        } else {
-            for (offset, buffer) in buffers.enumerated() {
-                let index = (head + UInt16(offset)) % Self.queueSize
-                let next = offset + 1 < buffers.count ? (index + 1) % Self.queueSize : nil
-                try store(index, buffer, table: rings.table, next: next)
-            }
-            nextDescriptor[queue] += UInt16(buffers.count)
-        }
-        let slot = availableIndex[queue] & (Self.queueSize - 1)
-        try memory.store(head, at: rings.available + 4 + 2 * UInt64(slot))
-        availableIndex[queue] &+= 1
-        try memory.store(availableIndex[queue], at: rings.available + 2)
+    mutating func publish(_ queue: Int, _ buffers: [ChainBuffer], indirect: Bool = false) throws {
+        try driverRings[queue].publish(buffers, indirectTable: indirect ? Self.indirectTable : nil)
     }
 
     /// Places `bytes` in guest memory at `address` and publishes them as one transmit chain split into pieces
@@ -143,19 +115,19 @@ struct NetHarness {
     mutating func transmit(_ bytes: [UInt8], at address: UInt64 = 0x20_0000, split: Int = Int.max) throws {
         try memory.write(bytes, at: address)
         let buffers = stride(from: 0, to: bytes.count, by: split).map { start in
-            Buffer(address: address + UInt64(start), length: UInt32(min(split, bytes.count - start)), isWrite: false)
+            ChainBuffer(address: address + UInt64(start), length: UInt32(min(split, bytes.count - start)), isWrite: false)
         }
         try publish(Net.transmitQueue, buffers)
         device.notify(queue: Net.transmitQueue)
     }
 
     /// used.idx of `queue`.
-    func usedIndex(_ queue: Int) throws -> UInt16 { try memory.load(at: Self.rings[queue].used + 2) }
+    func usedIndex(_ queue: Int) throws -> UInt16 { try driverRings[queue].usedIndex() }
 
     /// Used element `index` of `queue`: the head and the written length.
     func usedElement(_ queue: Int, _ index: UInt16) throws -> (head: UInt32, length: UInt32) {
-        let at = Self.rings[queue].used + 4 + 8 * UInt64(index & (Self.queueSize - 1))
-        return (try memory.load(at: at), try memory.load(at: at + 4))
+        let element = try driverRings[queue].usedElement(Int(index))
+        return (element.id, element.length)
     }
 
     /// Tells the device its backend has frames waiting.

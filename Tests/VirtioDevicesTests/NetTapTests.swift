@@ -8,7 +8,7 @@ private let canCreateTap: Bool = (try? TapBackend(name: "terntprobe\(getpid() % 
 /// Whether iproute2's `ip` is there to give a tap an address.
 private let hasIPCommand = system("ip -V >/dev/null 2>&1") == 0
 
-@Suite(.enabled(if: canCreateTap, "needs /dev/net/tun and CAP_NET_ADMIN (run as root) to create tap interfaces"))
+@Suite(.enabled(if: canCreateTap, "needs /dev/net/tun and CAP_NET_ADMIN (run as root) to create tap interfaces"), .timeLimit(.minutes(1)))
 struct TapBackendTests {
     @Test(.enabled(if: hasIPCommand, "needs iproute2's ip to give the tap an address"))
     func exchangesFramesWithTheHostKernel() throws {

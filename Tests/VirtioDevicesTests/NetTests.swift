@@ -1,4 +1,5 @@
 import GuestMemory
+import TestSupport
 import Testing
 import Virtio
 import VirtioDevices
@@ -48,7 +49,7 @@ import VirtioDevices
         #expect(harness.backend.sent == [frame])
         #expect(try harness.usedIndex(Self.tx) == 1)
         #expect(try harness.usedElement(Self.tx, 0) == (0, 0))
-        #expect(harness.interrupt.usedBuffers.withLock { $0 } == 1)
+        #expect(harness.interrupt.usedBuffers == 1)
         #expect(harness.device.statistics.transmitted == 1)
         #expect(!harness.interrupt.needsReset)
     }
@@ -59,9 +60,9 @@ import VirtioDevices
         try harness.memory.write(bytes, at: 0x20_0000)
         // Header and frame through an indirect table, in three pieces.
         try harness.publish(Self.tx, [
-            Buffer(address: 0x20_0000, length: 12, isWrite: false),
-            Buffer(address: 0x20_000C, length: 500, isWrite: false),
-            Buffer(address: 0x20_0200, length: UInt32(bytes.count - 512), isWrite: false),
+            ChainBuffer(address: 0x20_0000, length: 12, isWrite: false),
+            ChainBuffer(address: 0x20_000C, length: 500, isWrite: false),
+            ChainBuffer(address: 0x20_0200, length: UInt32(bytes.count - 512), isWrite: false),
         ], indirect: true)
         harness.device.notify(queue: Self.tx)
         #expect(harness.backend.sent == [bytes])
@@ -103,26 +104,26 @@ import VirtioDevices
         for index in 0..<Int(NetHarness.queueSize) {
             let address = 0x20_0000 + 0x1000 * UInt64(index)
             try harness.memory.write(netHeader() + ethernetFrame(60, seed: UInt8(index)), at: address)
-            try harness.publish(Self.tx, [Buffer(address: address, length: 72, isWrite: false)])
+            try harness.publish(Self.tx, [ChainBuffer(address: address, length: 72, isWrite: false)])
         }
         harness.device.notify(queue: Self.tx)
         #expect(harness.backend.sent.count == 16)
-        #expect(harness.interrupt.serviceRequests.withLock { $0 } == [Self.tx])
+        #expect(harness.interrupt.serviceRequests == [Self.tx])
         // More chains, but no notification from the driver: the service call sends them, and asks for no more.
         try harness.memory.write(netHeader() + ethernetFrame(60, seed: 99), at: 0x30_0000)
-        try harness.publish(Self.tx, [Buffer(address: 0x30_0000, length: 72, isWrite: false)])
+        try harness.publish(Self.tx, [ChainBuffer(address: 0x30_0000, length: 72, isWrite: false)])
         harness.device.notify(queue: Self.tx)
         #expect(harness.backend.sent.count == 17)
         #expect(harness.backend.sent.last == ethernetFrame(60, seed: 99))
-        #expect(harness.interrupt.serviceRequests.withLock { $0 } == [Self.tx])
+        #expect(harness.interrupt.serviceRequests == [Self.tx])
         #expect(try harness.usedIndex(Self.tx) == 17)
     }
 
     @Test func receiveWithoutMergeableBuffers() throws {
         var harness = try NetHarness(declined: Net.Feature.mergeableReceiveBuffers)
         try harness.publish(Self.rx, [
-            Buffer(address: 0x30_0000, length: 10, isWrite: true),
-            Buffer(address: 0x30_1000, length: 2000, isWrite: true),
+            ChainBuffer(address: 0x30_0000, length: 10, isWrite: true),
+            ChainBuffer(address: 0x30_1000, length: 2000, isWrite: true),
         ])
         let frame = ethernetFrame(1000, seed: 5)
         harness.backend.queue(frame)
@@ -132,7 +133,7 @@ import VirtioDevices
         // The header straddles the two buffers; num_buffers is 1.
         let written = try harness.memory.bytes(at: 0x30_0000, count: 10) + harness.memory.bytes(at: 0x30_1000, count: 1002)
         #expect(written == netHeader(buffers: 1) + frame)
-        #expect(harness.interrupt.usedBuffers.withLock { $0 } == 1)
+        #expect(harness.interrupt.usedBuffers == 1)
         #expect(harness.device.statistics.received == 1)
         #expect(!harness.interrupt.needsReset)
     }
@@ -140,7 +141,7 @@ import VirtioDevices
     @Test func receiveSpreadsAFrameOverMergeableBuffers() throws {
         var harness = try NetHarness()
         for index in 0..<4 {
-            try harness.publish(Self.rx, [Buffer(address: 0x30_0000 + 0x1000 * UInt64(index), length: 1024, isWrite: true)])
+            try harness.publish(Self.rx, [ChainBuffer(address: 0x30_0000 + 0x1000 * UInt64(index), length: 1024, isWrite: true)])
         }
         let frame = ethernetFrame(2800, seed: 6)
         harness.backend.queue(frame)
@@ -154,7 +155,7 @@ import VirtioDevices
             written += try harness.memory.bytes(at: 0x30_0000 + 0x1000 * UInt64(index), count: length)
         }
         #expect(written == netHeader(buffers: 3) + frame)
-        #expect(harness.interrupt.usedBuffers.withLock { $0 } == 1)
+        #expect(harness.interrupt.usedBuffers == 1)
     }
 
     @Test func frameWaitsForBuffersAndResumesOnNotification() throws {
@@ -170,11 +171,11 @@ import VirtioDevices
         #expect(harness.backend.waiting == 1)
         #expect(try harness.usedIndex(Self.rx) == 0)
         // Part of the frame goes into the only buffer; the rest waits for the next one.
-        try harness.publish(Self.rx, [Buffer(address: 0x30_0000, length: 256, isWrite: true)])
+        try harness.publish(Self.rx, [ChainBuffer(address: 0x30_0000, length: 256, isWrite: true)])
         harness.device.notify(queue: Self.rx)
         #expect(try harness.usedIndex(Self.rx) == 0)
-        try harness.publish(Self.rx, [Buffer(address: 0x31_0000, length: 2048, isWrite: true)])
-        try harness.publish(Self.rx, [Buffer(address: 0x32_0000, length: 2048, isWrite: true)])
+        try harness.publish(Self.rx, [ChainBuffer(address: 0x31_0000, length: 2048, isWrite: true)])
+        try harness.publish(Self.rx, [ChainBuffer(address: 0x32_0000, length: 2048, isWrite: true)])
         harness.device.notify(queue: Self.rx)
         #expect(try harness.usedIndex(Self.rx) == 3)
         #expect(try harness.usedElement(Self.rx, 0) == (0, 256))
@@ -193,14 +194,14 @@ import VirtioDevices
         #expect(harness.backend.state.withLock { $0.reads } == 0)
         try harness.activate()
         #expect(harness.backend.waiting == 0)
-        try harness.publish(Self.rx, [Buffer(address: 0x30_0000, length: 1526, isWrite: true)])
+        try harness.publish(Self.rx, [ChainBuffer(address: 0x30_0000, length: 1526, isWrite: true)])
         harness.device.notify(queue: Self.rx)
         #expect(try harness.usedElement(Self.rx, 0) == (0, 72))
     }
 
     @Test func tooSmallChainWithoutMergeableBuffersDropsTheFrame() throws {
         var harness = try NetHarness(declined: Net.Feature.mergeableReceiveBuffers)
-        try harness.publish(Self.rx, [Buffer(address: 0x30_0000, length: 100, isWrite: true)])
+        try harness.publish(Self.rx, [ChainBuffer(address: 0x30_0000, length: 100, isWrite: true)])
         let small = ethernetFrame(80, seed: 10)
         harness.backend.queue(ethernetFrame(500, seed: 11))
         harness.backend.queue(small)
@@ -224,7 +225,7 @@ import VirtioDevices
         harness.backend.queue(netHeader(gso: 3) + frame)
         harness.backend.queue([1, 2, 3])
         harness.backend.queue(netHeader(flags: 2 | 4) + frame)
-        try harness.publish(Self.rx, [Buffer(address: 0x30_0000, length: 1526, isWrite: true)])
+        try harness.publish(Self.rx, [ChainBuffer(address: 0x30_0000, length: 1526, isWrite: true)])
         harness.backendReadable()
         #expect(try harness.usedIndex(Self.rx) == 1)
         #expect(try harness.memory.bytes(at: 0x30_0000, count: 112) == netHeader(buffers: 1) + frame)
@@ -234,7 +235,7 @@ import VirtioDevices
         var accepting = try NetHarness(offloads: [.checksum, .tcp4Segmentation])
         #expect(accepting.backend.state.withLock { $0.receiveOffloads } == [.checksum, .tcp4Segmentation])
         accepting.backend.queue(netHeader(flags: 1 | 2 | 4, gso: 1) + frame)
-        try accepting.publish(Self.rx, [Buffer(address: 0x30_0000, length: 1526, isWrite: true)])
+        try accepting.publish(Self.rx, [ChainBuffer(address: 0x30_0000, length: 1526, isWrite: true)])
         accepting.backendReadable()
         #expect(try accepting.memory.bytes(at: 0x30_0000, count: 112) == netHeader(flags: 3, gso: 1, buffers: 1) + frame)
         accepting.device.reset()
@@ -246,7 +247,7 @@ import VirtioDevices
         harness.device.reset()
         try harness.transmit(netHeader() + ethernetFrame(64, seed: 13))
         harness.backend.queue(ethernetFrame(64, seed: 14))
-        try harness.publish(Self.rx, [Buffer(address: 0x30_0000, length: 1526, isWrite: true)])
+        try harness.publish(Self.rx, [ChainBuffer(address: 0x30_0000, length: 1526, isWrite: true)])
         harness.backendReadable()
         harness.device.notify(queue: Self.rx)
         #expect(harness.backend.sent.isEmpty)
@@ -257,14 +258,14 @@ import VirtioDevices
     func hostileChainNeedsReset(_ hostile: HostileChain) throws {
         var harness = try NetHarness()
         try hostile.submit(&harness)
-        #expect(harness.interrupt.resetReasons.withLock { $0 } == ["virtio-net: \(hostile.reason)"])
+        #expect(harness.interrupt.resetReasons == ["virtio-net: \(hostile.reason)"])
         // The device leaves its queues alone afterwards, and reports only once.
         try harness.transmit(netHeader() + ethernetFrame(64, seed: 15), at: 0x28_0000)
         harness.backend.queue(ethernetFrame(64, seed: 16))
-        try harness.publish(Self.rx, [Buffer(address: 0x3F_0000, length: 1526, isWrite: true)])
+        try harness.publish(Self.rx, [ChainBuffer(address: 0x3F_0000, length: 1526, isWrite: true)])
         harness.backendReadable()
         harness.device.notify(queue: Self.rx)
-        #expect(harness.interrupt.resetReasons.withLock { $0.count } == 1)
+        #expect(harness.interrupt.resetReasons.count == 1)
         #expect(harness.backend.sent.isEmpty)
     }
 
@@ -320,32 +321,32 @@ enum HostileChain: CaseIterable, CustomStringConvertible, Sendable {
         switch self {
         case .writableOnTransmit:
             try harness.publish(tx, [
-                Buffer(address: 0x20_0000, length: 80, isWrite: false), Buffer(address: 0x21_0000, length: 4, isWrite: true),
+                ChainBuffer(address: 0x20_0000, length: 80, isWrite: false), ChainBuffer(address: 0x21_0000, length: 4, isWrite: true),
             ])
             harness.device.notify(queue: tx)
         case .shortTransmitHeader:
-            try harness.publish(tx, [Buffer(address: 0x20_0000, length: 11, isWrite: false)])
+            try harness.publish(tx, [ChainBuffer(address: 0x20_0000, length: 11, isWrite: false)])
             harness.device.notify(queue: tx)
         case .oversizedTransmit:
-            try harness.publish(tx, [Buffer(address: 0x20_0000, length: UInt32(12 + Net.maximumFrameLength + 1), isWrite: false)])
+            try harness.publish(tx, [ChainBuffer(address: 0x20_0000, length: UInt32(12 + Net.maximumFrameLength + 1), isWrite: false)])
             harness.device.notify(queue: tx)
         case .readableOnReceive:
-            try harness.publish(rx, [Buffer(address: 0x30_0000, length: 1526, isWrite: false)])
+            try harness.publish(rx, [ChainBuffer(address: 0x30_0000, length: 1526, isWrite: false)])
             harness.backend.queue(ethernetFrame(64, seed: 1))
             harness.backendReadable()
         case .shortReceiveHeader:
-            try harness.publish(rx, [Buffer(address: 0x30_0000, length: 11, isWrite: true)])
+            try harness.publish(rx, [ChainBuffer(address: 0x30_0000, length: 11, isWrite: true)])
             harness.backend.queue(ethernetFrame(64, seed: 1))
             harness.backendReadable()
         case .tooSmallMergeable:
             // Sixteen 12-byte buffers fill the queue and hold 192 bytes, short of a 1000-byte frame.
             for index in 0..<16 {
-                try harness.publish(rx, [Buffer(address: 0x30_0000 + 0x100 * UInt64(index), length: 12, isWrite: true)])
+                try harness.publish(rx, [ChainBuffer(address: 0x30_0000 + 0x100 * UInt64(index), length: 12, isWrite: true)])
             }
             harness.backend.queue(ethernetFrame(1000, seed: 1))
             harness.backendReadable()
         case .loopOnTransmit:
-            try harness.publish(tx, [Buffer(address: 0x20_0000, length: 80, isWrite: false)])
+            try harness.publish(tx, [ChainBuffer(address: 0x20_0000, length: 80, isWrite: false)])
             // Descriptor 0 points at itself.
             let table = NetHarness.rings[tx].table
             try harness.memory.store(UInt16(1), at: table + 12)

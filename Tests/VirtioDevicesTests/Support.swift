@@ -1,23 +1,9 @@
 import Glibc
 import GuestMemory
 import Qcow2
-import Synchronization
+import TestSupport
 import Virtio
 import VirtioDevices
-
-/// Records what a device signalled.
-final class RecordingInterrupt: InterruptSignal {
-    let usedBuffers = Mutex(0)
-    let resetReasons = Mutex<[String]>([])
-    let serviceRequests = Mutex<[Int]>([])
-
-    func signalUsedBuffers(queue: Int) { usedBuffers.withLock { $0 += 1 } }
-    func signalConfigurationChange() {}
-    func signalNeedsReset(reason: String) { resetReasons.withLock { $0.append(reason) } }
-    func requestService(queue: Int) { serviceRequests.withLock { $0.append(queue) } }
-
-    var needsReset: Bool { resetReasons.withLock { !$0.isEmpty } }
-}
 
 /// Which backend a test drives the device over.
 enum BackendKind: CaseIterable, CustomStringConvertible, Sendable {
@@ -47,13 +33,6 @@ enum BackendKind: CaseIterable, CustomStringConvertible, Sendable {
     }
 }
 
-/// One guest buffer of a request, as the driver describes it.
-struct Buffer {
-    var address: UInt64
-    var length: UInt32
-    var isWrite: Bool
-}
-
 /// A virtio-blk device activated over a 16-entry split queue in 16 MiB of guest RAM, driven the way a
 /// driver would: one request at a time, then a notification.
 struct Harness {
@@ -70,7 +49,7 @@ struct Harness {
     let memory: GuestMemory
     let interrupt = RecordingInterrupt()
     var device: Block
-    private var availableIndex: UInt16 = 0
+    var ring: DriverRing
 
     /// A device over a fresh disk of `kind`; `acknowledged` defaults to every offered feature.
     init(
@@ -87,41 +66,23 @@ struct Harness {
             memory: memory, backend: backend, readOnly: readOnly, serial: "tern-disk-0", queueSize: Self.queueSize,
             ioWorkers: ioWorkers)
         let features = acknowledged ?? device.features
-        let queue = try SplitQueue(
+        ring = DriverRing(
             memory: memory, size: Self.queueSize, descriptorTable: Self.descriptorTable,
             availableRing: Self.availableRing, usedRing: Self.usedRing, features: features)
-        try device.activate(features: features, queues: [queue], interrupt: interrupt)
+        try device.activate(features: features, queues: [try ring.queue()], interrupt: interrupt)
     }
 
     /// Places `buffers` as one chain (direct descriptors from 0, or one indirect table), publishes it and
     /// notifies; returns the used length, or nil when the device used nothing.
-    mutating func submit(_ buffers: [Buffer], indirect: Bool = false) throws -> UInt32? {
-        func store(_ index: Int, _ buffer: Buffer, table: UInt64, last: Bool) throws {
-            let at = table + 16 * UInt64(index)
-            try memory.store(buffer.address, at: at)
-            try memory.store(buffer.length, at: at + 8)
-            try memory.store(UInt16((last ? 0 : 1) | (buffer.isWrite ? 2 : 0)), at: at + 12)
-            try memory.store(UInt16(index + 1), at: at + 14)
-        }
-        let table = indirect ? Self.indirectTable : Self.descriptorTable
-        for (index, buffer) in buffers.enumerated() {
-            try store(index, buffer, table: table, last: index == buffers.count - 1)
-        }
-        if indirect {
-            try memory.store(Self.indirectTable, at: Self.descriptorTable)
-            try memory.store(UInt32(16 * buffers.count), at: Self.descriptorTable + 8)
-            try memory.store(UInt16(4), at: Self.descriptorTable + 12)
-        }
-        let usedBefore: UInt16 = try memory.load(at: Self.usedRing + 2)
+    mutating func submit(_ buffers: [ChainBuffer], indirect: Bool = false) throws -> UInt32? {
+        try ring.writeChain(buffers, head: 0, indirectTable: indirect ? Self.indirectTable : nil)
+        let usedBefore = try ring.usedIndex()
         // used_event: the driver wants an interrupt for this request.
-        try memory.store(usedBefore, at: Self.availableRing + 4 + 2 * UInt64(Self.queueSize))
-        try memory.store(UInt16(0), at: Self.availableRing + 4 + 2 * UInt64(availableIndex & (Self.queueSize - 1)))
-        availableIndex &+= 1
-        try memory.store(availableIndex, at: Self.availableRing + 2)
+        try ring.setUsedEvent(usedBefore)
+        try ring.makeAvailable(0)
         device.notify(queue: 0)
-        let usedAfter: UInt16 = try memory.load(at: Self.usedRing + 2)
-        guard usedAfter != usedBefore else { return nil }
-        return try memory.load(at: Self.usedRing + 4 + 8 * UInt64(usedBefore & (Self.queueSize - 1)) + 4)
+        guard try ring.usedIndex() != usedBefore else { return nil }
+        return try ring.usedElement(Int(usedBefore)).length
     }
 
     /// Sends a request of `type` at `sector` carrying `out` and asking for `inLength` bytes, with data split into
@@ -136,17 +97,17 @@ struct Harness {
         try memory.store(UInt8(0xFF), at: Self.statusAddress)
         try memory.write(out, at: Self.outAddress)
         try memory.write([UInt8](repeating: 0xEE, count: inLength), at: Self.inAddress)
-        var buffers = [Buffer(address: Self.headerAddress, length: 16, isWrite: false)]
+        var buffers = [ChainBuffer(address: Self.headerAddress, length: 16, isWrite: false)]
         buffers += pieces(Self.outAddress, out.count, split, isWrite: false)
         buffers += pieces(Self.inAddress, inLength, split, isWrite: true)
-        buffers.append(Buffer(address: Self.statusAddress, length: 1, isWrite: true))
+        buffers.append(ChainBuffer(address: Self.statusAddress, length: 1, isWrite: true))
         let used = try submit(buffers, indirect: indirect)
         return (try memory.load(at: Self.statusAddress), used, try memory.bytes(at: Self.inAddress, count: inLength))
     }
 
-    private func pieces(_ address: UInt64, _ count: Int, _ split: Int, isWrite: Bool) -> [Buffer] {
+    private func pieces(_ address: UInt64, _ count: Int, _ split: Int, isWrite: Bool) -> [ChainBuffer] {
         stride(from: 0, to: count, by: split).map { start in
-            Buffer(address: address + UInt64(start), length: UInt32(min(split, count - start)), isWrite: isWrite)
+            ChainBuffer(address: address + UInt64(start), length: UInt32(min(split, count - start)), isWrite: isWrite)
         }
     }
 }

@@ -7,7 +7,7 @@ import VirtioDevices
 typealias VsockOp = VsockHeader.Operation
 
 /// Whole connections, both directions, over real Unix sockets.
-@Suite struct VsockConnectionTests {
+@Suite(.timeLimit(.minutes(1))) struct VsockConnectionTests {
     @Test func identityAndConfiguration() throws {
         let harness = try VsockHarness(activate: false)
         #expect(harness.device.deviceType == .vsock)

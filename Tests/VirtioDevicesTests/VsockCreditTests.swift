@@ -4,7 +4,7 @@ import Virtio
 import VirtioDevices
 
 /// Credit-based flow control in both directions.
-@Suite struct VsockCreditTests {
+@Suite(.timeLimit(.minutes(1))) struct VsockCreditTests {
     /// A harness with one established guest-initiated connection (guest port 5, host port 6) and its host socket.
     static func connected(bufferSize: UInt32 = 64 * 1024, guestBuffer: UInt32 = 65536) throws -> (VsockHarness, Int32) {
         var harness = try VsockHarness(bufferSize: bufferSize)

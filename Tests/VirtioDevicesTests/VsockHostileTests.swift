@@ -1,10 +1,11 @@
 import Glibc
+import TestSupport
 import Testing
 import Virtio
 import VirtioDevices
 
 /// A hostile guest: protocol mistakes reset one connection; malformed chains reset the device, once.
-@Suite struct VsockHostileTests {
+@Suite(.timeLimit(.minutes(1))) struct VsockHostileTests {
     /// A harness with an established guest-initiated connection (guest port 5, host port 6) and its host socket.
     static func connected() throws -> (VsockHarness, Int32) {
         try VsockCreditTests.connected()
@@ -85,7 +86,7 @@ import VirtioDevices
             defer { close(service) }
             let isWrite = malformation == .receiveBufferWithoutRoom
             let length: UInt32 = isWrite ? 44 : 4096
-            try harness.publish(0, [Buffer(address: VsockHarness.receiveAddress(0), length: length, isWrite: isWrite)], head: 0)
+            try harness.publish(0, [ChainBuffer(address: VsockHarness.receiveAddress(0), length: length, isWrite: isWrite)], head: 0)
             try harness.send(harness.header(VsockOp.request, guestPort: 5, hostPort: 6))
             host = VsockHostSocket.accept(service)
         } else {
@@ -96,15 +97,15 @@ import VirtioDevices
         switch malformation {
         case .shortHeader:
             try harness.send(harness.header(VsockOp.creditRequest, guestPort: 5, hostPort: 6), buffers: [
-                Buffer(address: address, length: 20, isWrite: false)
+                ChainBuffer(address: address, length: 20, isWrite: false)
             ])
         case .lengthBeyondChain:
             try harness.send(
                 harness.header(VsockOp.readWrite, guestPort: 5, hostPort: 6, length: 100), payload: [UInt8](repeating: 1, count: 99))
         case .writableOnTransmit:
             try harness.send(harness.header(VsockOp.creditRequest, guestPort: 5, hostPort: 6), buffers: [
-                Buffer(address: address, length: 44, isWrite: false),
-                Buffer(address: address + 0x100, length: 8, isWrite: true),
+                ChainBuffer(address: address, length: 44, isWrite: false),
+                ChainBuffer(address: address + 0x100, length: 8, isWrite: true),
             ])
         case .readableReceiveBuffer, .receiveBufferWithoutRoom:
             break
@@ -113,18 +114,18 @@ import VirtioDevices
             harness.device.resetTransport()
         case .transmitBufferOutsideRAM:
             try harness.send(harness.header(VsockOp.creditRequest, guestPort: 5, hostPort: 6), buffers: [
-                Buffer(address: 64 << 20, length: 44, isWrite: false)
+                ChainBuffer(address: 64 << 20, length: 44, isWrite: false)
             ])
         }
         #expect(VsockHostSocket.isClosed(host), "\(malformation): the connection stays open")
-        #expect(harness.interrupt.resetReasons.withLock { $0.count } == 1, "\(malformation)")
+        #expect(harness.interrupt.resetReasons.count == 1, "\(malformation)")
         #expect(harness.device.connectionCount == 0)
         // The device stays quiet until reset.
         try harness.send(harness.header(VsockOp.request, guestPort: 9, hostPort: 6))
         try harness.postEventBuffer()
         harness.pump()
-        #expect(harness.interrupt.resetReasons.withLock { $0.count } == 1)
-        let reason = harness.interrupt.resetReasons.withLock { $0.first } ?? ""
+        #expect(harness.interrupt.resetReasons.count == 1)
+        let reason = harness.interrupt.resetReasons.first ?? ""
         #expect(reason.hasPrefix("virtio-vsock: ") && !reason.contains("\n"), "\(reason)")
     }
 

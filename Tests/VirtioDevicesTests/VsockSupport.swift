@@ -1,6 +1,7 @@
 import Glibc
 import GuestMemory
 import Synchronization
+import TestSupport
 import Virtio
 import VirtioDevices
 
@@ -65,8 +66,7 @@ struct VsockHarness {
     let socketPath: String
     var device: Vsock
     private var nextDescriptor: [UInt16] = [0, 0, 0]
-    private var availableIndex: [UInt16] = [0, 0, 0]
-    private var lastUsed: [UInt16] = [0, 0, 0]
+    private var driverRings: [DriverRing] = []
     /// Receive buffer lengths by descriptor (the buffer of descriptor d is at `receiveAddress(d)`).
     private var receiveLengths: [UInt16: Int] = [:]
     /// Guest side: the guest's receive window and how much it consumed, per guest port.
@@ -94,53 +94,26 @@ struct VsockHarness {
     /// Activates the device over fresh rings (as after a reset).
     mutating func activate() throws {
         nextDescriptor = [0, 0, 0]
-        availableIndex = [0, 0, 0]
-        lastUsed = [0, 0, 0]
         receiveLengths = [:]
-        for queue in 0..<3 {
-            let rings = Self.rings(queue)
-            try memory.zero(at: rings.table, length: 0x3000)
-        }
         let features = device.features
-        let queues = try (0..<3).map { queue in
+        driverRings = (0..<3).map { queue in
             let rings = Self.rings(queue)
-            return try SplitQueue(
+            return DriverRing(
                 memory: memory, size: Self.queueSize, descriptorTable: rings.table, availableRing: rings.available,
                 usedRing: rings.used, features: features)
         }
-        try device.activate(features: features, queues: queues, interrupt: interrupt)
+        for queue in 0..<3 { try driverRings[queue].reset() }
+        try device.activate(features: features, queues: try driverRings.map { try $0.queue() }, interrupt: interrupt)
     }
 
     /// Makes `buffers` available on `queue` as one chain of consecutive descriptors starting at `head`.
-    mutating func publish(_ queue: Int, _ buffers: [Buffer], head: UInt16) throws {
-        let rings = Self.rings(queue)
-        for (offset, buffer) in buffers.enumerated() {
-            let index = (head + UInt16(offset)) & (Self.queueSize - 1)
-            let at = rings.table + 16 * UInt64(index)
-            let last = offset == buffers.count - 1
-            try memory.store(buffer.address, at: at)
-            try memory.store(buffer.length, at: at + 8)
-            try memory.store(UInt16((last ? 0 : 1) | (buffer.isWrite ? 2 : 0)), at: at + 12)
-            try memory.store(last ? 0 : (index + 1) & (Self.queueSize - 1), at: at + 14)
-        }
-        let slot = availableIndex[queue] & (Self.queueSize - 1)
-        try memory.store(head, at: rings.available + 4 + 2 * UInt64(slot))
-        availableIndex[queue] &+= 1
-        try memory.store(availableIndex[queue], at: rings.available + 2)
+    mutating func publish(_ queue: Int, _ buffers: [ChainBuffer], head: UInt16) throws {
+        try driverRings[queue].writeChain(buffers, head: head)
+        try driverRings[queue].makeAvailable(head)
     }
 
     /// New used elements of `queue` since the last call.
-    mutating func used(_ queue: Int) throws -> [(head: UInt16, length: UInt32)] {
-        let rings = Self.rings(queue)
-        let index: UInt16 = try memory.load(at: rings.used + 2)
-        var elements: [(UInt16, UInt32)] = []
-        while lastUsed[queue] != index {
-            let at = rings.used + 4 + 8 * UInt64(lastUsed[queue] & (Self.queueSize - 1))
-            elements.append((UInt16(try memory.load(UInt32.self, at: at)), try memory.load(at: at + 4)))
-            lastUsed[queue] &+= 1
-        }
-        return elements
-    }
+    mutating func used(_ queue: Int) throws -> [(head: UInt16, length: UInt32)] { try driverRings[queue].takeUsed() }
 
     /// Posts `count` receive buffers of `size` bytes (one descriptor each) and notifies the device.
     mutating func postReceiveBuffers(_ count: Int = receiveBuffers, size: Int = receiveBufferSize) throws {
@@ -148,7 +121,7 @@ struct VsockHarness {
             let descriptor = nextDescriptor[0]
             nextDescriptor[0] = (descriptor + 1) & (Self.queueSize - 1)
             receiveLengths[descriptor] = size
-            try publish(0, [Buffer(address: Self.receiveAddress(descriptor), length: UInt32(size), isWrite: true)], head: descriptor)
+            try publish(0, [ChainBuffer(address: Self.receiveAddress(descriptor), length: UInt32(size), isWrite: true)], head: descriptor)
         }
         device.notify(queue: 0)
     }
@@ -166,7 +139,7 @@ struct VsockHarness {
         }
         if repost {
             for (descriptor, size) in reposts {
-                try publish(0, [Buffer(address: Self.receiveAddress(descriptor), length: UInt32(size), isWrite: true)], head: descriptor)
+                try publish(0, [ChainBuffer(address: Self.receiveAddress(descriptor), length: UInt32(size), isWrite: true)], head: descriptor)
             }
             if !reposts.isEmpty { device.notify(queue: 0) }
         }
@@ -187,15 +160,15 @@ struct VsockHarness {
     /// Sends one packet (header and payload in two descriptors, or laid out by `buffers`), notifies the device and
     /// returns whether the device used the chain.
     @discardableResult
-    mutating func send(_ header: VsockHeader, payload: [UInt8] = [], buffers: [Buffer]? = nil) throws -> Bool {
+    mutating func send(_ header: VsockHeader, payload: [UInt8] = [], buffers: [ChainBuffer]? = nil) throws -> Bool {
         let descriptor = nextDescriptor[1]
         let address = Self.transmitAddress(descriptor & 7)
         var bytes = [UInt8](repeating: 0, count: VsockHeader.size)
         bytes.withUnsafeMutableBytes { header.encode(into: $0) }
         try memory.write(bytes, at: address)
         try memory.write(payload, at: address + 0x100)
-        var chain = [Buffer(address: address, length: UInt32(VsockHeader.size), isWrite: false)]
-        if !payload.isEmpty { chain.append(Buffer(address: address + 0x100, length: UInt32(payload.count), isWrite: false)) }
+        var chain = [ChainBuffer(address: address, length: UInt32(VsockHeader.size), isWrite: false)]
+        if !payload.isEmpty { chain.append(ChainBuffer(address: address + 0x100, length: UInt32(payload.count), isWrite: false)) }
         let layout = buffers ?? chain
         nextDescriptor[1] = (descriptor + UInt16(layout.count)) & (Self.queueSize - 1)
         try publish(1, layout, head: descriptor)
@@ -208,7 +181,7 @@ struct VsockHarness {
         let descriptor = nextDescriptor[2]
         nextDescriptor[2] = (descriptor + 1) & (Self.queueSize - 1)
         try memory.store(UInt32(0xFFFF_FFFF), at: Self.eventAddress)
-        try publish(2, [Buffer(address: Self.eventAddress, length: length, isWrite: isWrite)], head: descriptor)
+        try publish(2, [ChainBuffer(address: Self.eventAddress, length: length, isWrite: isWrite)], head: descriptor)
         device.notify(queue: 2)
     }
 

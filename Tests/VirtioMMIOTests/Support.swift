@@ -1,16 +1,8 @@
 import Devices
 import GuestMemory
-import Synchronization
+import TestSupport
 import VirtioDevices
 import VirtioMMIO
-
-/// An interrupt line that remembers its level.
-final class RecordingLine: InterruptLine {
-    private let level = Mutex(false)
-
-    func setLevel(_ asserted: Bool) { level.withLock { $0 = asserted } }
-    var isAsserted: Bool { level.withLock { $0 } }
-}
 
 /// Register offsets and status bits, as a driver knows them (VIRTIO 1.2 §4.2.2, §2.1).
 enum Reg {
@@ -95,25 +87,25 @@ struct Guest {
         write(Reg.queueReady, 1)
     }
 
+    /// The driver's side of queue 0 as `setUpQueue()` lays it out.
+    var ring: DriverRing {
+        DriverRing(memory: memory, size: 8, descriptorTable: Self.descriptors, availableRing: Self.available, usedRing: Self.used)
+    }
+
     /// Puts descriptor 0 (`length` bytes at `buffer`, with `flags`) in the available ring and notifies queue 0.
-    func offer(length: UInt32 = 64, flags: UInt16 = 2) throws {
+    func offer(length: UInt32 = 64, flags: UInt16 = DescriptorFlag.write) throws {
         try memory.write(Array(repeating: Self.pattern, count: Int(length)), at: Self.buffer)
-        try memory.store(Self.buffer, at: Self.descriptors)
-        try memory.store(length, at: Self.descriptors + 8)
-        try memory.store(flags, at: Self.descriptors + 12)
-        try memory.store(UInt16(0), at: Self.descriptors + 14)
-        let index: UInt16 = try memory.load(at: Self.available + 2)
-        try memory.store(UInt16(0), at: Self.available + 4 + 2 * UInt64(index % 8))
-        try memory.store(index &+ 1, at: Self.available + 2)
+        var ring = ring
+        try ring.adoptIndices()
+        try ring.setDescriptor(0, address: Self.buffer, length: length, flags: flags)
+        try ring.makeAvailable(0)
         write(Reg.queueNotify, 0)
     }
 
-    func usedIndex() throws -> UInt16 { try memory.load(at: Self.used + 2) }
+    func usedIndex() throws -> UInt16 { try ring.usedIndex() }
 
     /// The (id, length) of used-ring slot `slot`.
-    func usedElement(_ slot: UInt64) throws -> (UInt32, UInt32) {
-        (try memory.load(at: Self.used + 4 + 8 * slot), try memory.load(at: Self.used + 8 + 8 * slot))
-    }
+    func usedElement(_ slot: Int) throws -> (UInt32, UInt32) { try ring.usedElement(slot) }
 
     /// A whole request from reset: whether 64 random bytes come back through the used ring.
     func completesRequest() throws -> Bool {
@@ -125,18 +117,5 @@ struct Guest {
         let filled = try memory.bytes(at: Self.buffer, count: 64)
         return try usedIndex() == 1 && usedElement(0) == (0, 64) && filled != Array(repeating: Self.pattern, count: 64)
             && status & Status.needsReset == 0
-    }
-}
-
-/// SplitMix64: a small seeded generator, so failures reproduce.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,18 +1,7 @@
 import GuestMemory
-import Synchronization
+import TestSupport
 import Testing
 import Virtio
-
-/// Records what a device signalled.
-final class RecordingInterrupt: InterruptSignal {
-    let usedBuffers = Mutex<[Int]>([])
-    let needsReset = Mutex(false)
-
-    func signalUsedBuffers(queue: Int) { usedBuffers.withLock { $0.append(queue) } }
-    func signalConfigurationChange() {}
-    func signalNeedsReset(reason: String) { needsReset.withLock { $0 = true } }
-    func requestService(queue: Int) {}
-}
 
 /// A minimal entropy-like device: fills every writable buffer with 0xAB.
 struct FillDevice: VirtioDevice {
@@ -64,9 +53,9 @@ struct FillDevice: VirtioDevice {
 
 @Suite struct DeviceTests {
     @Test func deviceDrainsItsQueueThroughTheProtocol() throws {
-        var ring = try TestRing()
-        try ring.setDescriptor(0, address: TestRing.buffers, length: 32, flags: descWrite)
-        try ring.publish(0)
+        var ring = try TestRing.make()
+        try ring.setDescriptor(0, address: TestRing.buffers, length: 32, flags: DescriptorFlag.write)
+        try ring.makeAvailable(0)
         var device: any VirtioDevice = FillDevice(memory: ring.memory)
         let interrupt = RecordingInterrupt()
         let negotiation = FeatureNegotiation(offered: device.features)
@@ -74,18 +63,18 @@ struct FillDevice: VirtioDevice {
         device.notify(queue: 0)
         #expect(try ring.memory.bytes(at: TestRing.buffers, count: 32) == Array(repeating: 0xAB, count: 32))
         #expect(try ring.usedElement(0) == (0, 32))
-        #expect(interrupt.usedBuffers.withLock { $0 } == [0])
+        #expect(interrupt.usedQueues == [0])
         #expect(try ring.availEvent() == 1)
 
         // A loop in the next chain puts the device into NEEDS_RESET.
-        try ring.setDescriptor(1, address: TestRing.buffers, length: 1, flags: descNext, next: 1)
-        try ring.publish(1)
+        try ring.setDescriptor(1, address: TestRing.buffers, length: 1, flags: DescriptorFlag.next, next: 1)
+        try ring.makeAvailable(1)
         device.notify(queue: 0)
-        #expect(interrupt.needsReset.withLock { $0 })
+        #expect(interrupt.needsReset)
     }
 
     @Test func activationWithoutTheQueueFails() throws {
-        let ring = try TestRing()
+        let ring = try TestRing.make()
         var device = FillDevice(memory: ring.memory)
         #expect(throws: VirtioDeviceError.activation("queue 0 is not enabled")) {
             try device.activate(features: [.version1], queues: [nil], interrupt: RecordingInterrupt())

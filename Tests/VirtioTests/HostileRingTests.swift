@@ -1,12 +1,13 @@
 import GuestMemory
+import TestSupport
 import Testing
 import Virtio
 
 /// Rings a malicious or broken driver could build: each must give one precise error.
 @Suite struct HostileRingTests {
     /// Publishes `head` on `ring` and returns the error popping it gives.
-    private func popError(_ ring: inout TestRing, head: UInt16 = 0) throws -> VirtqueueError? {
-        try ring.publish(head)
+    private func popError(_ ring: inout DriverRing, head: UInt16 = 0) throws -> VirtqueueError? {
+        try ring.makeAvailable(head)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: Int(ring.size))
         return queue.popError(&chain)
@@ -16,44 +17,44 @@ import Virtio
     private func inTable(_ index: UInt16) -> DescriptorLocation { DescriptorLocation(index: index, isIndirect: true) }
 
     @Test func loopThroughNextIsCaught() throws {
-        var ring = try TestRing()
-        try ring.setDescriptor(0, address: TestRing.buffers, length: 1, flags: descNext, next: 1)
-        try ring.setDescriptor(1, address: TestRing.buffers, length: 1, flags: descNext, next: 0)
+        var ring = try TestRing.make()
+        try ring.setDescriptor(0, address: TestRing.buffers, length: 1, flags: DescriptorFlag.next, next: 1)
+        try ring.setDescriptor(1, address: TestRing.buffers, length: 1, flags: DescriptorFlag.next, next: 0)
         #expect(try popError(&ring) == .chainTooLong(head: 0, limit: 8))
     }
 
     @Test func selfLoopIsCaught() throws {
-        var ring = try TestRing(size: 32768)
-        try ring.setDescriptor(7, address: TestRing.buffers, length: 1, flags: descNext, next: 7)
+        var ring = try TestRing.make(size: 32768)
+        try ring.setDescriptor(7, address: TestRing.buffers, length: 1, flags: DescriptorFlag.next, next: 7)
         #expect(try popError(&ring, head: 7) == .chainTooLong(head: 7, limit: 32768))
     }
 
     @Test func loopInsideIndirectTableIsCaught() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         let table = TestRing.buffers
-        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: descNext, next: 1, table: table)
-        try ring.setDescriptor(1, address: table + 0x1000, length: 1, flags: descNext, next: 0, table: table)
-        try ring.setDescriptor(0, address: table, length: 32, flags: descIndirect)
+        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: DescriptorFlag.next, next: 1, table: table)
+        try ring.setDescriptor(1, address: table + 0x1000, length: 1, flags: DescriptorFlag.next, next: 0, table: table)
+        try ring.setDescriptor(0, address: table, length: 32, flags: DescriptorFlag.indirect)
         #expect(try popError(&ring) == .chainTooLong(head: 0, limit: 8))
     }
 
     @Test func chainLongerThanQueueSizeIsRefused() throws {
         // Three direct descriptors and a four-entry indirect table: seven segments in a queue of four.
-        var ring = try TestRing(size: 4)
+        var ring = try TestRing.make(size: 4)
         let table = TestRing.buffers
         for index in 0..<4 {
-            try ring.setDescriptor(index, address: table + 0x1000, length: 1, flags: index < 3 ? descNext : 0,
+            try ring.setDescriptor(index, address: table + 0x1000, length: 1, flags: index < 3 ? DescriptorFlag.next : 0,
                                    next: UInt16(index + 1), table: table)
         }
-        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: descNext, next: 1)
-        try ring.setDescriptor(1, address: table + 0x1000, length: 1, flags: descNext, next: 2)
-        try ring.setDescriptor(2, address: table + 0x1000, length: 1, flags: descNext, next: 3)
-        try ring.setDescriptor(3, address: table, length: 64, flags: descIndirect)
+        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: DescriptorFlag.next, next: 1)
+        try ring.setDescriptor(1, address: table + 0x1000, length: 1, flags: DescriptorFlag.next, next: 2)
+        try ring.setDescriptor(2, address: table + 0x1000, length: 1, flags: DescriptorFlag.next, next: 3)
+        try ring.setDescriptor(3, address: table, length: 64, flags: DescriptorFlag.indirect)
         #expect(try popError(&ring) == .chainTooLong(head: 0, limit: 4))
     }
 
     @Test func bufferOutsideRAMIsRefused() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         try ring.setDescriptor(5, address: (16 << 20) - 8, length: 16)
         let error = try popError(&ring, head: 5)
         #expect(error == .bufferOutsideRAM(direct(5), address: (16 << 20) - 8, length: 16))
@@ -61,29 +62,29 @@ import Virtio
     }
 
     @Test func addressPlusLengthOverflowIsRefused() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         try ring.setDescriptor(0, address: UInt64.max - 3, length: 0xFFFF_FFFF)
         #expect(try popError(&ring) == .bufferOutsideRAM(direct(0), address: UInt64.max - 3, length: 0xFFFF_FFFF))
-        var second = try TestRing()
+        var second = try TestRing.make()
         try second.setDescriptor(0, address: UInt64.max, length: 1)
         #expect(try popError(&second) == .bufferOutsideRAM(direct(0), address: UInt64.max, length: 1))
     }
 
     @Test func headIndexAtOrPastSizeIsRefused() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         #expect(try popError(&ring, head: 8) == .headOutOfRange(head: 8, size: 8))
-        var second = try TestRing()
+        var second = try TestRing.make()
         #expect(try popError(&second, head: 0xFFFF) == .headOutOfRange(head: 0xFFFF, size: 8))
     }
 
     @Test func nextIndexAtOrPastSizeIsRefused() throws {
-        var ring = try TestRing()
-        try ring.setDescriptor(0, address: TestRing.buffers, length: 1, flags: descNext, next: 8)
+        var ring = try TestRing.make()
+        try ring.setDescriptor(0, address: TestRing.buffers, length: 1, flags: DescriptorFlag.next, next: 8)
         #expect(try popError(&ring) == .nextOutOfRange(direct(0), next: 8, tableSize: 8))
     }
 
     @Test func availableIndexJumpingPastSizeIsRefused() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         try ring.setDescriptor(0, address: TestRing.buffers, length: 1)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: 8)
@@ -96,70 +97,70 @@ import Virtio
     }
 
     @Test func readableAfterWritableIsRefused() throws {
-        var ring = try TestRing()
-        try ring.setDescriptor(0, address: TestRing.buffers, length: 1, flags: descNext | descWrite, next: 1)
+        var ring = try TestRing.make()
+        try ring.setDescriptor(0, address: TestRing.buffers, length: 1, flags: DescriptorFlag.next | DescriptorFlag.write, next: 1)
         try ring.setDescriptor(1, address: TestRing.buffers, length: 1)
         #expect(try popError(&ring) == .readableAfterWritable(direct(1)))
     }
 
     @Test func readableInIndirectTableAfterWritableDirectIsRefused() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         let table = TestRing.buffers
         try ring.setDescriptor(0, address: table + 0x1000, length: 1, table: table)
-        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: descNext | descWrite, next: 1)
-        try ring.setDescriptor(1, address: table, length: 16, flags: descIndirect)
+        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: DescriptorFlag.next | DescriptorFlag.write, next: 1)
+        try ring.setDescriptor(1, address: table, length: 16, flags: DescriptorFlag.indirect)
         #expect(try popError(&ring) == .readableAfterWritable(inTable(0)))
     }
 
     @Test func nestedIndirectIsRefused() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         let table = TestRing.buffers
-        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: descNext, next: 1, table: table)
-        try ring.setDescriptor(1, address: table, length: 32, flags: descIndirect, table: table)
-        try ring.setDescriptor(0, address: table, length: 32, flags: descIndirect)
+        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: DescriptorFlag.next, next: 1, table: table)
+        try ring.setDescriptor(1, address: table, length: 32, flags: DescriptorFlag.indirect, table: table)
+        try ring.setDescriptor(0, address: table, length: 32, flags: DescriptorFlag.indirect)
         #expect(try popError(&ring) == .nestedIndirect(inTable(1)))
     }
 
     @Test func indirectWithoutTheFeatureIsRefused() throws {
-        var ring = try TestRing(features: [.version1, .eventIndex])
+        var ring = try TestRing.make(features: [.version1, .eventIndex])
         try ring.setDescriptor(0, address: TestRing.buffers, length: 16, table: TestRing.buffers)
-        try ring.setDescriptor(0, address: TestRing.buffers, length: 16, flags: descIndirect)
+        try ring.setDescriptor(0, address: TestRing.buffers, length: 16, flags: DescriptorFlag.indirect)
         #expect(try popError(&ring) == .indirectNotNegotiated(direct(0)))
     }
 
     @Test func indirectWithNextIsRefused() throws {
-        var ring = try TestRing()
-        try ring.setDescriptor(0, address: TestRing.buffers, length: 16, flags: descIndirect | descNext, next: 1)
+        var ring = try TestRing.make()
+        try ring.setDescriptor(0, address: TestRing.buffers, length: 16, flags: DescriptorFlag.indirect | DescriptorFlag.next, next: 1)
         #expect(try popError(&ring) == .indirectWithNext(direct(0)))
     }
 
     @Test(arguments: [0, 8, 17, 9 * 16] as [UInt32])
     func indirectTableOfBadLengthIsRefused(length: UInt32) throws {
-        var ring = try TestRing()
-        try ring.setDescriptor(0, address: TestRing.buffers, length: length, flags: descIndirect)
+        var ring = try TestRing.make()
+        try ring.setDescriptor(0, address: TestRing.buffers, length: length, flags: DescriptorFlag.indirect)
         #expect(try popError(&ring) == .invalidIndirectLength(direct(0), length: length))
     }
 
     @Test func indirectTableOutsideRAMIsRefused() throws {
-        var ring = try TestRing()
-        try ring.setDescriptor(0, address: UInt64.max - 15, length: 32, flags: descIndirect)
+        var ring = try TestRing.make()
+        try ring.setDescriptor(0, address: UInt64.max - 15, length: 32, flags: DescriptorFlag.indirect)
         #expect(try popError(&ring) == .indirectTableOutsideRAM(direct(0), address: UInt64.max - 15, length: 32))
     }
 
     @Test func nextInIndirectTableMustStayInsideIt() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         let table = TestRing.buffers
-        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: descNext, next: 1, table: table)
-        try ring.setDescriptor(1, address: table + 0x1000, length: 1, flags: descNext, next: 2, table: table)
-        try ring.setDescriptor(0, address: table, length: 32, flags: descIndirect)
+        try ring.setDescriptor(0, address: table + 0x1000, length: 1, flags: DescriptorFlag.next, next: 1, table: table)
+        try ring.setDescriptor(1, address: table + 0x1000, length: 1, flags: DescriptorFlag.next, next: 2, table: table)
+        try ring.setDescriptor(0, address: table, length: 32, flags: DescriptorFlag.indirect)
         #expect(try popError(&ring) == .nextOutOfRange(inTable(1), next: 2, tableSize: 2))
     }
 
     @Test func chainOverFourGiBIsRefused() throws {
         // 257 overlapping 16 MiB buffers describe 4 GiB + 16 MiB.
-        var ring = try TestRing(size: 512)
+        var ring = try TestRing.make(size: 512)
         for index in 0..<257 {
-            try ring.setDescriptor(index, address: 0, length: 16 << 20, flags: index < 256 ? descNext : 0,
+            try ring.setDescriptor(index, address: 0, length: 16 << 20, flags: index < 256 ? DescriptorFlag.next : 0,
                                    next: UInt16(index + 1))
         }
         #expect(try popError(&ring) == .chainTooLarge(head: 0))
@@ -206,7 +207,7 @@ import Virtio
                 // Indirect tables point into the descriptor area at times, so some parse.
                 let indirectTarget = TestRing.descriptorTable + 16 * UInt64.random(in: 0..<UInt64(size), using: &random)
                 let flags = UInt16.random(in: 0..<8, using: &random)
-                let isIndirect = flags & descIndirect != 0
+                let isIndirect = flags & DescriptorFlag.indirect != 0
                 let at = index < Int(size) ? TestRing.descriptorTable + 16 * UInt64(index) : 0x80_0000 + 16 * UInt64(index)
                 try memory.store(isIndirect ? indirectTarget : address, at: at)
                 try memory.store(isIndirect ? 16 * UInt32.random(in: 0...UInt32(size), using: &random) : length, at: at + 8)

@@ -1,10 +1,11 @@
 import GuestMemory
+import TestSupport
 import Testing
 import Virtio
 
 @Suite struct SplitQueueTests {
     @Test func emptyQueueHasNoChain() throws {
-        let ring = try TestRing()
+        let ring = try TestRing.make()
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: Int(ring.size))
         #expect(try queue.nextChain(into: &chain) == false)
@@ -12,12 +13,12 @@ import Virtio
     }
 
     @Test func simpleChainKeepsOrderAndDirections() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         let base = TestRing.buffers
-        try ring.setDescriptor(2, address: base, length: 16, flags: descNext, next: 5)
-        try ring.setDescriptor(5, address: base + 0x1000, length: 512, flags: descNext, next: 0)
-        try ring.setDescriptor(0, address: base + 0x2000, length: 1, flags: descWrite)
-        try ring.publish(2)
+        try ring.setDescriptor(2, address: base, length: 16, flags: DescriptorFlag.next, next: 5)
+        try ring.setDescriptor(5, address: base + 0x1000, length: 512, flags: DescriptorFlag.next, next: 0)
+        try ring.setDescriptor(0, address: base + 0x2000, length: 1, flags: DescriptorFlag.write)
+        try ring.makeAvailable(2)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: Int(ring.size))
         #expect(try queue.nextChain(into: &chain))
@@ -35,11 +36,11 @@ import Virtio
     }
 
     @Test func chainsPopInAvailableOrderAndTheBufferIsReused() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         for index in 0..<4 {
             try ring.setDescriptor(index, address: TestRing.buffers + UInt64(index) * 0x100, length: UInt32(index + 1))
         }
-        for head: UInt16 in [3, 1, 0, 2] { try ring.publish(head) }
+        for head: UInt16 in [3, 1, 0, 2] { try ring.makeAvailable(head) }
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: Int(ring.size))
         var heads: [UInt16] = []
@@ -52,14 +53,14 @@ import Virtio
     }
 
     @Test func indirectChainIsFollowed() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         let table = TestRing.buffers
-        try ring.setDescriptor(0, address: table + 0x1000, length: 8, flags: descNext, next: 1, table: table)
-        try ring.setDescriptor(1, address: table + 0x2000, length: 100, flags: descNext | descWrite, next: 2, table: table)
-        try ring.setDescriptor(2, address: table + 0x3000, length: 4, flags: descWrite, table: table)
+        try ring.setDescriptor(0, address: table + 0x1000, length: 8, flags: DescriptorFlag.next, next: 1, table: table)
+        try ring.setDescriptor(1, address: table + 0x2000, length: 100, flags: DescriptorFlag.next | DescriptorFlag.write, next: 2, table: table)
+        try ring.setDescriptor(2, address: table + 0x3000, length: 4, flags: DescriptorFlag.write, table: table)
         // The WRITE flag on the descriptor naming the table is ignored.
-        try ring.setDescriptor(6, address: table, length: 48, flags: descIndirect | descWrite)
-        try ring.publish(6)
+        try ring.setDescriptor(6, address: table, length: 48, flags: DescriptorFlag.indirect | DescriptorFlag.write)
+        try ring.makeAvailable(6)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: Int(ring.size))
         #expect(try queue.nextChain(into: &chain))
@@ -70,12 +71,12 @@ import Virtio
     }
 
     @Test func directDescriptorsMayLeadIntoOneIndirectTable() throws {
-        var ring = try TestRing()
+        var ring = try TestRing.make()
         let table = TestRing.buffers
-        try ring.setDescriptor(0, address: table + 0x1000, length: 8, flags: descWrite, table: table)
-        try ring.setDescriptor(3, address: table + 0x2000, length: 12, flags: descNext, next: 4)
-        try ring.setDescriptor(4, address: table, length: 16, flags: descIndirect)
-        try ring.publish(3)
+        try ring.setDescriptor(0, address: table + 0x1000, length: 8, flags: DescriptorFlag.write, table: table)
+        try ring.setDescriptor(3, address: table + 0x2000, length: 12, flags: DescriptorFlag.next, next: 4)
+        try ring.setDescriptor(4, address: table, length: 16, flags: DescriptorFlag.indirect)
+        try ring.makeAvailable(3)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: Int(ring.size))
         #expect(try queue.nextChain(into: &chain))
@@ -84,12 +85,12 @@ import Virtio
     }
 
     @Test func addUsedWritesTheElementAndIndex() throws {
-        var ring = try TestRing(size: 4)
-        try ring.setDescriptor(1, address: TestRing.buffers, length: 64, flags: descWrite)
+        var ring = try TestRing.make(size: 4)
+        try ring.setDescriptor(1, address: TestRing.buffers, length: 64, flags: DescriptorFlag.write)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: 4)
         for round in 0..<6 {
-            try ring.publish(1)
+            try ring.makeAvailable(1)
             #expect(try queue.nextChain(into: &chain))
             queue.addUsed(head: chain.head, length: UInt32(round))
             #expect(try ring.usedIndex() == UInt16(round + 1))
@@ -100,12 +101,12 @@ import Virtio
     }
 
     @Test func indicesWrapAround65535() throws {
-        var ring = try TestRing(size: 4, features: [.version1])
+        var ring = try TestRing.make(size: 4, features: [.version1])
         try ring.setDescriptor(0, address: TestRing.buffers, length: 1)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: 4)
         for _ in 0..<65540 {
-            try ring.publish(0)
+            try ring.makeAvailable(0)
             guard try queue.nextChain(into: &chain) else { Issue.record("no chain"); return }
             queue.addUsed(head: 0, length: 0)
         }
@@ -131,13 +132,13 @@ import Virtio
     }
 
     @Test func eventIndexNotificationsFollowUsedEvent() throws {
-        var ring = try TestRing(size: 8)
-        try ring.setDescriptor(0, address: TestRing.buffers, length: 1, flags: descWrite)
+        var ring = try TestRing.make(size: 8)
+        try ring.setDescriptor(0, address: TestRing.buffers, length: 1, flags: DescriptorFlag.write)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: 8)
         func complete(_ count: Int) throws {
             for _ in 0..<count {
-                try ring.publish(0)
+                try ring.makeAvailable(0)
                 _ = try queue.nextChain(into: &chain)
                 queue.addUsed(head: 0, length: 1)
             }
@@ -163,13 +164,13 @@ import Virtio
     }
 
     @Test func noInterruptFlagSuppressesNotificationsWithoutEventIndex() throws {
-        var ring = try TestRing(size: 8, features: [.version1])
+        var ring = try TestRing.make(size: 8, features: [.version1])
         try ring.setDescriptor(0, address: TestRing.buffers, length: 1)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: 8)
         let notified6 = queue.needsNotification()
         #expect(!notified6)
-        try ring.publish(0)
+        try ring.makeAvailable(0)
         _ = try queue.nextChain(into: &chain)
         queue.addUsed(head: 0, length: 0)
         let notified7 = queue.needsNotification()
@@ -177,7 +178,7 @@ import Virtio
         let notified8 = queue.needsNotification()
         #expect(!notified8)
         try ring.setAvailableFlags(1)
-        try ring.publish(0)
+        try ring.makeAvailable(0)
         _ = try queue.nextChain(into: &chain)
         queue.addUsed(head: 0, length: 0)
         let notified9 = queue.needsNotification()
@@ -185,7 +186,7 @@ import Virtio
     }
 
     @Test func notificationSuppressionWithoutEventIndexUsesNoNotify() throws {
-        var ring = try TestRing(size: 8, features: [.version1])
+        var ring = try TestRing.make(size: 8, features: [.version1])
         try ring.setDescriptor(0, address: TestRing.buffers, length: 1)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: 8)
@@ -194,21 +195,21 @@ import Virtio
         #expect(!queue.enableNotifications())
         #expect(try ring.usedFlags() == 0)
         queue.disableNotifications()
-        try ring.publish(0)
+        try ring.makeAvailable(0)
         #expect(queue.enableNotifications())  // a buffer arrived while notifications were off
         #expect(try queue.nextChain(into: &chain))
         #expect(!queue.enableNotifications())
     }
 
     @Test func notificationSuppressionWithEventIndexUsesAvailEvent() throws {
-        var ring = try TestRing(size: 8)
+        var ring = try TestRing.make(size: 8)
         try ring.setDescriptor(0, address: TestRing.buffers, length: 1)
         var queue = try ring.queue()
         var chain = DescriptorChain(capacity: 8)
         queue.disableNotifications()
         #expect(try ring.usedFlags() == 0)
-        try ring.publish(0)
-        try ring.publish(0)
+        try ring.makeAvailable(0)
+        try ring.makeAvailable(0)
         #expect(queue.enableNotifications())
         #expect(try ring.availEvent() == 0)
         while try queue.nextChain(into: &chain) {}
@@ -219,7 +220,7 @@ import Virtio
     }
 
     @Test func queueSetUpIsValidated() throws {
-        let ring = try TestRing()
+        let ring = try TestRing.make()
         func make(size: UInt16 = 8, table: UInt64 = TestRing.descriptorTable, avail: UInt64 = TestRing.availableRing,
                   used: UInt64 = TestRing.usedRing) -> VirtqueueError? {
             do {

@@ -1,5 +1,6 @@
 // libFuzzer entry point: parse an arbitrary byte string as a qcow2 image, read it, check it,
-// write to it, snapshot it and repair it. Any crash, hang or unbounded allocation is a bug.
+// write to it, snapshot it and repair it, also through the lenient open of `check`.
+// Any crash, hang or unbounded allocation is a bug.
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzQcow2(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
@@ -32,6 +33,16 @@ public func fuzzQcow2(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         _ = try? img.createSnapshot(name: "fuzz", dateSec: 0)
         if let s = img.snapshots.first { _ = try? img.applySnapshot(s.id) }
         _ = try? img.check(repair: true)
+    }
+    // The lenient open `tern image check` uses, then both repair modes.
+    var lenient = Qcow2OpenOptions(writable: true)
+    lenient.openBacking = false
+    lenient.lenient = true
+    for mode in RepairMode.allCases {
+        if let img = try? Qcow2Image(file: MemoryFile(bytes, writable: true, maxSize: 64 << 20), path: nil, options: lenient) {
+            _ = try? img.check(repairing: nil)
+            _ = try? img.check(repairing: mode)
+        }
     }
     return 0
 }

@@ -48,6 +48,24 @@ CKVM_REQUEST(KVM_SET_VCPU_EVENTS)
 CKVM_REQUEST(KVM_SET_GSI_ROUTING)
 CKVM_REQUEST(KVM_IRQFD)
 CKVM_REQUEST(KVM_SIGNAL_MSI)
+CKVM_REQUEST(KVM_GET_XSAVE)
+CKVM_REQUEST(KVM_GET_XSAVE2)
+CKVM_REQUEST(KVM_SET_XSAVE)
+CKVM_REQUEST(KVM_GET_XCRS)
+CKVM_REQUEST(KVM_SET_XCRS)
+CKVM_REQUEST(KVM_GET_LAPIC)
+CKVM_REQUEST(KVM_SET_LAPIC)
+CKVM_REQUEST(KVM_GET_DEBUGREGS)
+CKVM_REQUEST(KVM_SET_DEBUGREGS)
+CKVM_REQUEST(KVM_GET_IRQCHIP)
+CKVM_REQUEST(KVM_SET_IRQCHIP)
+CKVM_REQUEST(KVM_GET_PIT2)
+CKVM_REQUEST(KVM_SET_PIT2)
+CKVM_REQUEST(KVM_GET_CLOCK)
+CKVM_REQUEST(KVM_SET_CLOCK)
+CKVM_REQUEST(KVM_KVMCLOCK_CTRL)
+CKVM_REQUEST(KVM_GET_DIRTY_LOG)
+CKVM_REQUEST(KVM_CLEAR_DIRTY_LOG)
 #undef CKVM_REQUEST
 
 /* Offset of the MMIO data bytes inside struct kvm_run (inside an anonymous union, which Swift cannot take offsets of). */
@@ -60,6 +78,10 @@ struct kvm_cpuid_entry2 *ckvm_cpuid2_entries(struct kvm_cpuid2 *cpuid);
 /* A kvm_msrs with room for `count` entries, allocated with calloc. Free with free(). */
 struct kvm_msrs *ckvm_msrs_alloc(uint32_t count);
 struct kvm_msr_entry *ckvm_msrs_entries(struct kvm_msrs *msrs);
+
+/* The MSR indices KVM_GET_MSR_INDEX_LIST reports, written to `indices` (room for `capacity`); returns the count, or
+ * -1 with errno set (E2BIG: `capacity` is too small). */
+int ckvm_msr_index_list(int kvm, uint32_t *indices, uint32_t capacity);
 
 /* A kvm_irq_routing with `count` entries takes ckvm_irq_routing_size(count) bytes; ckvm_irq_routing_init zeroes
  * such a buffer and sets its entry count, and the setters fill entry `index` (the buffer has no flexible-array
