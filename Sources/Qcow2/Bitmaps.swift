@@ -406,3 +406,20 @@ extension Meta {
         try freeClusters(b.tableOffset, bytes: UInt64(b.tableSize) * 8)
     }
 }
+
+/// Every host range the valid persistent bitmaps occupy (directory, tables and data clusters), so that a
+/// refcount check counts them as referenced, as QEMU's does.
+func bitmapMetadataRanges(_ file: any FileIO, header h: Qcow2Header) throws(DiskError) -> [(offset: UInt64, length: UInt64)] {
+    let bitmaps = try readBitmapDirectory(file, header: h)
+    guard !bitmaps.isEmpty, let ext = try BitmapsExtension(h) else { return [] }
+    var out: [(offset: UInt64, length: UInt64)] = [(ext.directoryOffset, ext.directorySize)]
+    for b in bitmaps where b.tableSize > 0 {
+        out.append((b.tableOffset, UInt64(b.tableSize) * 8))
+        let table = try file.readBytes(at: b.tableOffset, count: Int(b.tableSize) * 8)
+        for k in 0..<Int(b.tableSize) {
+            let offset = be64(table, 8 * k) & QC.l2OffsetMask
+            if offset != 0 { out.append((offset, h.clusterSize)) }
+        }
+    }
+    return out
+}
