@@ -58,4 +58,20 @@ struct BitmapTests {
         #expect(tern("bitmap", "--add", d.file("v2.qcow2"), "x").err.contains("compat=1.1"))
         expectQemuClean(img)
     }
+
+    @Test("tern image check counts bitmap clusters as referenced; a repair keeps QEMU's bitmaps")
+    func checkKeepsBitmaps() throws {
+        let d = TempDir()
+        let img = d.file("c.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "10M").status == 0)
+        #expect(qemuImg("bitmap", "--add", img, "q").status == 0)
+        #expect(tern("bitmap", "--add", "-g", "4k", img, "t").status == 0)
+        try editBitmaps(path: img, name: "t", [.markDirty(offset: 0, length: 10 << 20)])
+        #expect(tern("check", img).status == 0)
+        #expect(tern("check", "-r", "all", img).status == 0)
+        expectQemuClean(img)
+        #expect(try dirtyRanges(path: img, bitmap: "t") == [0..<(10 << 20)])
+        #expect(qemuImg("info", img).out.contains("name: q"))
+    }
 }
+
