@@ -51,7 +51,7 @@ struct OutputTests {
         #expect(inode(d.file("dangling")).type == UInt32(S_IFLNK) && readFile(d.file("made.raw")).count == 65536)
     }
 
-    @Test("devices are written in place and never grown; FIFOs, sockets and directories are refused with one line")
+    @Test("character devices are never grown or replaced; FIFOs, directories and the source itself are refused with one line")
     func devicesAndSpecialFiles() throws {
         let d = TempDir()
         let src = source(d)
