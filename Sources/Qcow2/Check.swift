@@ -227,6 +227,13 @@ enum Checker {
             copied += copiedInL2[off] ?? []
         }
         if m.header.nbSnapshots > 0 { inc(m.header.snapshotsOffset, m.snapshotTableBytes) }
+        // Persistent bitmaps (directory, tables, data) are referenced too: a repair must not free them.
+        do throws(DiskError) {
+            for r in try bitmapMetadataRanges(file, header: m.header) { inc(r.offset, r.length) }
+        } catch {
+            res.corruptions += 1
+            res.note("ERROR bitmaps: \(error)")
+        }
         let rtOff = m.header.refcountTableOffset
         inc(rtOff, UInt64(m.header.refcountTableClusters) * cs)
         var blocks: [UInt64] = []

@@ -25,7 +25,8 @@ public indirect enum JSON: Sendable, Equatable {
             if kv.isEmpty { return "{}" }
             return "{\n" + kv.map { pad + JSON.quote($0.0) + ": " + $0.1.render(indent + 4) }.joined(separator: ",\n") + "\n" + close + "}"
         case .array(let a):
-            if a.isEmpty { return "[]" }
+            // qemu's pretty printer puts an empty list's bracket on a line of its own.
+            if a.isEmpty { return "[\n" + close + "]" }
             return "[\n" + a.map { pad + $0.render(indent + 4) }.joined(separator: ",\n") + "\n" + close + "]"
         case .string(let s): return JSON.quote(s)
         case .int(let i): return String(i)
@@ -71,7 +72,8 @@ public func imageInfo(path: String, forceShare: Bool = false) throws(DiskError) 
         if !snaps.isEmpty {
             kv.append(("snapshots", .array(snaps.map { s in
                 var e: [(String, JSON)] = []
-                if h.version >= 3 { e.append(("icount", .uint(s.icount ?? 0))) }
+                // qemu-img leaves icount out for snapshots that do not record one.
+                if let icount = s.icount { e.append(("icount", .uint(icount))) }
                 e += [("vm-clock-nsec", .uint(s.vmClockNsec % 1_000_000_000)), ("name", .string(s.name)),
                       ("date-sec", .uint(UInt64(s.dateSec))), ("date-nsec", .uint(UInt64(s.dateNsec))),
                       ("vm-clock-sec", .uint(s.vmClockNsec / 1_000_000_000)), ("id", .string(s.id)),
@@ -84,6 +86,8 @@ public func imageInfo(path: String, forceShare: Bool = false) throws(DiskError) 
         var data: [(String, JSON)] = [("compat", .string(h.version >= 3 ? "1.1" : "0.10")),
                                       ("compression-type", .string(h.compressionType == 1 ? "zstd" : "zlib"))]
         if h.version >= 3 { data.append(("lazy-refcounts", .bool(h.compatibleFeatures & QC.compatLazyRefcounts != 0))) }
+        let bitmaps = try img.bitmaps
+        if !bitmaps.isEmpty { data.append(("bitmaps", bitmapsJSON(bitmaps))) }
         data.append(("refcount-bits", .uint(UInt64(h.refcountBits))))
         if h.version >= 3 {
             data.append(("corrupt", .bool(h.incompatibleFeatures & QC.incompatCorrupt != 0)))
@@ -99,14 +103,34 @@ public func imageInfo(path: String, forceShare: Bool = false) throws(DiskError) 
     return .object(kv)
 }
 
-public func humanSize(_ v: UInt64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-    var x = Double(v), u = 0
-    while x >= 1024 && u < units.count - 1 { x /= 1024; u += 1 }
-    if u == 0 { return "\(v) B" }
-    let r = (x * 100).rounded() / 100
-    let t = r == r.rounded() ? String(Int(r)) : String(r)
-    return "\(t) \(units[u])"
+/// One image of a backing chain, as `info --backing-chain` lists it.
+public struct ChainImageInfo: Sendable {
+    public var path: String
+    public var json: JSON
+    public var snapshots: [Qcow2Snapshot]
+}
+
+/// `info` of `path` and, with `backingChain`, of every image below it, top first.
+public func imageInfoChain(path: String, backingChain: Bool, forceShare: Bool = false) throws(DiskError) -> [ChainImageInfo] {
+    var out: [ChainImageInfo] = []
+    var next: String? = path
+    while let p = next {
+        guard out.count < 32 else { throw .corrupt("backing chain is deeper than 32 images") }
+        if out.contains(where: { canonicalPath($0.path) == canonicalPath(p) }) { throw .corrupt("backing chain loops back to \(p)") }
+        let json = try imageInfo(path: p, forceShare: forceShare)
+        var snapshots: [Qcow2Snapshot] = []
+        next = nil
+        let f = try PosixFile(path: p, writable: false, forceShare: forceShare)
+        if try probeFormat(f) == .qcow2 {
+            var o = Qcow2OpenOptions()
+            o.openBacking = false
+            let img = try Qcow2Image(file: f, path: p, options: o)
+            snapshots = img.snapshots
+            if backingChain, let b = img.header.backingFile { next = resolveBacking(b, relativeTo: p) }
+        }
+        out.append(ChainImageInfo(path: p, json: json, snapshots: snapshots))
+    }
+    return out
 }
 
 // MARK: map
@@ -122,10 +146,29 @@ public struct MapExtent: Sendable, Equatable {
     public var file: String?
 }
 
+/// lseek(2) whences Glibc's Swift overlay does not export.
+let seekData: Int32 = 3, seekHole: Int32 = 4
+
+/// Whether the bytes of a raw file at `offset` hold data or lie in a hole, and for how many bytes (SEEK_DATA/SEEK_HOLE).
+func rawAllocation(_ file: any FileIO, at offset: UInt64, limit: UInt64) -> (data: Bool, length: UInt64) {
+    guard let posix = file as? PosixFile else { return (true, limit - offset) }
+    let dataStart = lseek(posix.fd, off_t(offset), seekData)
+    if dataStart < 0 { return errno == ENXIO ? (false, limit - offset) : (true, limit - offset) }
+    if UInt64(dataStart) > offset { return (false, min(UInt64(dataStart), limit) - offset) }
+    let holeStart = lseek(posix.fd, off_t(offset), seekHole)
+    if holeStart < 0 || UInt64(holeStart) <= offset { return (true, limit - offset) }
+    return (true, min(UInt64(holeStart), limit) - offset)
+}
+
 /// The allocation map through the backing chain, merged like `qemu-img map`.
 public func imageMap(path: String, forceShare: Bool = false) throws(DiskError) -> [MapExtent] {
+    try imageMap(device: openImage(path: path, forceShare: forceShare), path: path)
+}
+
+/// The allocation map of an open image (`path` names it in the extents).
+public func imageMap(device: any BlockBackend, path: String) throws(DiskError) -> [MapExtent] {
     var chain: [(dev: any BlockBackend, path: String)] = []
-    var dev = try openImage(path: path, forceShare: forceShare)
+    var dev = device
     var p = path
     while true {
         chain.append((dev, p))
@@ -152,9 +195,10 @@ public func imageMap(path: String, forceShare: Bool = false) throws(DiskError) -
                 case .compressed: ext.present = true; ext.zero = false; ext.data = true
                 }
                 break
-            } else {
-                len = min(len, link.dev.virtualSize - pos)
-                ext.present = true; ext.zero = false; ext.data = true; ext.offset = pos; ext.file = link.path
+            } else if let raw = link.dev as? RawBackend {
+                let (data, n) = rawAllocation(raw.file, at: pos, limit: raw.virtualSize)
+                len = min(len, n)
+                ext.present = true; ext.zero = !data; ext.data = data; ext.offset = pos; ext.file = link.path
                 break
             }
         }
@@ -180,6 +224,16 @@ public func mapJSON(_ m: [MapExtent]) -> String {
     }.joined(separator: ",\n") + "]"
 }
 
+/// `qemu-img map` human output: the ranges that hold data, with where they are stored.
+public func mapHuman(_ m: [MapExtent]) -> String {
+    var out = "Offset          Length          Mapped to       File\n"
+    for e in m where e.data {
+        guard let o = e.offset, let f = e.file else { continue }
+        out += padded(cFormat("%#llx", e.start), 16) + padded(cFormat("%#llx", e.length), 16) + padded(cFormat("%#llx", o), 16) + f + "\n"
+    }
+    return out
+}
+
 // MARK: check JSON
 
 public func checkJSON(_ r: CheckResult, path: String) -> JSON {
@@ -198,9 +252,20 @@ public func checkJSON(_ r: CheckResult, path: String) -> JSON {
 // MARK: convert
 
 public struct ConvertOptions: Sendable {
+    /// The output's format (`tern image convert` defaults to raw, as qemu-img does).
     public var format: ImageFormat = .qcow2
     public var compress = false
     public var create: Qcow2CreateOptions = Qcow2CreateOptions(size: 0)
+    /// qcow2 output compresses with zstd instead of deflate.
+    public var zstd = false
+    /// Zero runs of at least this many bytes stay unallocated (qemu-img -S); 0 writes every byte.
+    public var sparseSize: UInt64 = 4096
+    /// Writes into an existing image instead of creating one (qemu-img -n).
+    public var existingTarget = false
+    /// Copies only what the source's top image holds; the output's backing file supplies the rest (qemu-img -B).
+    public var topOnly = false
+    /// How the output uses the host's page cache (qemu-img -t).
+    public var cache: CacheMode = .writeback
     public init() {}
 }
 
@@ -215,65 +280,110 @@ public struct ConvertOptions: Sendable {
     return true
 }
 
-/// Copies `source` into a new image at `path` (written to a temporary file, then renamed).
-public func convert(_ source: any BlockBackend, to path: String, options: ConvertOptions) throws(DiskError) {
+/// Copies `source` into the image at `path`: a new one (see `writeOutput` for what happens to an existing
+/// file, link or device there), or with `existingTarget` the existing image, which must be large enough.
+public func convert(_ source: any BlockBackend, to path: String, options: ConvertOptions,
+                    progress: ProgressMeter = ProgressMeter(.off)) throws(DiskError) {
     let size = source.virtualSize
-    try atomicWrite(path) { (f) throws(DiskError) in
+    if options.existingTarget {
+        let target = try openImage(path: path, format: options.format, writable: true, cache: options.cache)
+        guard target.virtualSize >= size else {
+            throw .invalidArgument("\(path) holds \(target.virtualSize) bytes, less than the source's \(size); resize it first")
+        }
+        try copyImage(source, into: target, options, zeroed: false, progress)
+        if let q = target as? Qcow2Image { try q.finishWrites() } else { try target.flush() }
+        return
+    }
+    try writeOutput(path, size: options.format == .raw ? size : nil, cache: options.cache) { (out) throws(DiskError) in
         switch options.format {
         case .raw:
-            try f.truncate(size)
-            let chunk = 1 << 20
-            var buf = [UInt8](repeating: 0, count: chunk)
-            var pos: UInt64 = 0
-            while pos < size {
-                let n = Int(min(UInt64(chunk), size - pos))
-                try rw(&buf) { (b) throws(DiskError) in
-                    let s = UnsafeMutableRawBufferPointer(rebasing: b[0..<n])
-                    try source.read(at: pos, into: s)
-                    if !isZero(UnsafeRawBufferPointer(s)) { try f.pwrite(UnsafeRawBufferPointer(s), at: pos) }
-                }
-                pos += UInt64(n)
+            if !out.isDevice {
+                try out.file.truncate(size)
+                if options.create.preallocation == .full && size > 0 { try out.file.allocate(at: 0, length: size) }
             }
+            try copyImage(source, into: RawBackend(file: out.file), options, zeroed: out.startsZeroed, progress)
         case .qcow2:
+            let file = try out.imageFile()
             var co = options.create
             co.size = size
-            co.preallocation = .off
-            try Qcow2Image.create(file: f, options: co)
-            let img = try Qcow2Image(file: f, path: nil, options: {
-                var o = Qcow2OpenOptions(writable: true)
-                o.openBacking = false
-                return o
-            }())
-            let cs = Int(img.clusterSize)
-            let chunk = max(cs, options.compress ? cs : 1 << 20)
-            var buf = [UInt8](repeating: 0, count: chunk)
-            var pos: UInt64 = 0
-            while pos < size {
-                let n = Int(min(UInt64(chunk), size - pos))
-                try rw(&buf) { (b) throws(DiskError) in
-                    let s = UnsafeMutableRawBufferPointer(rebasing: b[0..<n])
-                    try source.read(at: pos, into: s)
-                    var o = 0
-                    while o < n {
-                        let m = min(cs, n - o)
-                        let piece = UnsafeRawBufferPointer(rebasing: b[o..<o + m])
-                        if !isZero(piece) {
-                            if options.compress {
-                                if m < cs { (b.baseAddress! + o + m).initializeMemory(as: UInt8.self, repeating: 0, count: cs - m) }
-                                try img.writeCompressed(cluster: (pos + UInt64(o)) / UInt64(cs),
-                                                        data: UnsafeRawBufferPointer(rebasing: b[o..<o + cs]))
-                            } else {
-                                try img.write(at: pos + UInt64(o), from: piece)
-                            }
-                        }
-                        o += m
-                    }
-                }
-                pos += UInt64(n)
-            }
+            try Qcow2Image.create(file: file, options: co)
+            if options.zstd { try setCompressionType(zstd: true, in: file) }
+            var o = Qcow2OpenOptions(writable: true)
+            o.openBacking = false
+            let img = try Qcow2Image(file: file, path: nil, options: o)
+            try copyImage(source, into: img, options, zeroed: true, progress)
             try img.finishWrites()
         }
     }
+}
+
+/// The copy loop of `convert`: data goes out in runs, zeros are skipped on a zeroed target (or written as
+/// zeroes otherwise), unless `sparseSize` is 0.
+func copyImage(_ source: any BlockBackend, into target: any BlockBackend, _ o: ConvertOptions, zeroed: Bool,
+               _ progress: ProgressMeter) throws(DiskError) {
+    let size = source.virtualSize
+    let qcowTarget = target as? Qcow2Image
+    let topSource = o.topOnly ? source as? Qcow2Image : nil
+    let cluster = Int(qcowTarget?.clusterSize ?? 65536)
+    // Zero detection works on target clusters for qcow2 and on the sparse size for raw.
+    let block = qcowTarget != nil ? cluster : Int(max(512, o.sparseSize == 0 ? 4096 : o.sparseSize))
+    let chunk = o.compress ? cluster : max(block, (1 << 20) / block * block)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+    defer { buffer.deallocate() }
+    progress.update(0, of: size)
+    var pos: UInt64 = 0
+    while pos < size {
+        var n = Int(min(UInt64(chunk), size - pos))
+        if let top = topSource {
+            let (status, length) = try top.status(at: pos)
+            if status == .unallocated {
+                pos += length
+                progress.update(pos, of: size)
+                continue
+            }
+            n = min(n, Int(length))
+        }
+        let data = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+        try source.read(at: pos, into: data)
+        if o.compress, let img = qcowTarget {
+            if isZero(UnsafeRawBufferPointer(data)) {
+                if !zeroed { try target.writeZeroes(at: pos, length: UInt64(n)) }
+            } else {
+                if n < cluster { (buffer.baseAddress! + n).initializeMemory(as: UInt8.self, repeating: 0, count: cluster - n) }
+                try img.writeCompressed(cluster: pos / UInt64(cluster), data: UnsafeRawBufferPointer(rebasing: buffer[0..<cluster]))
+            }
+        } else {
+            try writeRuns(UnsafeRawBufferPointer(data), at: pos, into: target, block: block,
+                          skipZeros: o.sparseSize != 0, zeroed: zeroed)
+        }
+        pos += UInt64(n)
+        progress.update(pos, of: size)
+    }
+}
+
+/// Writes `data` at `offset` in runs of blocks that are all data or all zero.
+func writeRuns(_ data: UnsafeRawBufferPointer, at offset: UInt64, into target: any BlockBackend, block: Int,
+               skipZeros: Bool, zeroed: Bool) throws(DiskError) {
+    var runStart = 0, runIsZero = false, i = 0
+    func flush(_ end: Int) throws(DiskError) {
+        guard end > runStart else { return }
+        if !runIsZero {
+            try target.write(at: offset + UInt64(runStart), from: UnsafeRawBufferPointer(rebasing: data[runStart..<end]))
+        } else if !zeroed {
+            try target.writeZeroes(at: offset + UInt64(runStart), length: UInt64(end - runStart))
+        }
+    }
+    while i < data.count {
+        let end = min(i + block, data.count)
+        let zero = skipZeros && isZero(UnsafeRawBufferPointer(rebasing: data[i..<end]))
+        if i == 0 { runIsZero = zero } else if zero != runIsZero {
+            try flush(i)
+            runStart = i
+            runIsZero = zero
+        }
+        i = end
+    }
+    try flush(data.count)
 }
 
 // MARK: commit and rebase
@@ -286,40 +396,63 @@ func openQcow2(_ path: String, writable: Bool, openBacking: Bool = true) throws(
     return try Qcow2Image(file: f, path: path, options: o)
 }
 
-/// Writes every cluster the top image holds into its backing file, then empties the top image.
-public func commit(path: String, keepTop: Bool = false) throws(DiskError) {
-    // Only the top image's own clusters are read: its backing chain stays closed, so the base can be locked for writing.
-    let top = try openQcow2(path, writable: !keepTop, openBacking: false)
-    guard let name = top.header.backingFile else { throw .invalidArgument("\(path) has no backing file to commit into") }
-    let bp = resolveBacking(name, relativeTo: path)
-    let fmt = top.header.backingFormat.flatMap { ImageFormat(rawValue: $0) }
-    let base = try openImage(path: bp, format: fmt, writable: true)
-    if base.virtualSize < top.virtualSize {
-        if let q = base as? Qcow2Image { try q.resize(to: top.virtualSize) }
-        else if let r = base as? RawBackend { try r.file.truncate(top.virtualSize) }
+/// Writes every cluster the images above `base` hold into `base` (default: the top image's backing file),
+/// then, unless `keepTop` or a base is named, empties the top image.
+public func commit(path: String, base: String? = nil, keepTop: Bool = false,
+                   progress: ProgressMeter = ProgressMeter(.off)) throws(DiskError) {
+    let emptyTop = !keepTop && base == nil
+    // Each image above the base is opened on its own, its backing chain closed, so that the base can be locked
+    // for writing; each range is read from the topmost image that holds it.
+    let top = try openQcow2(path, writable: emptyTop, openBacking: false)
+    guard let topBacking = top.header.backingFile else { throw .invalidArgument("\(path) has no backing file to commit into") }
+    var above: [Qcow2Image] = [top]
+    var basePath = resolveBacking(topBacking, relativeTo: path)
+    var baseFormat = top.header.backingFormat.flatMap { ImageFormat(rawValue: $0) }
+    if let wanted = base {
+        let target = canonicalPath(wanted)
+        while canonicalPath(basePath) != target {
+            guard baseFormat != .raw, above.count < 32 else { throw .invalidArgument("\(wanted) is not in the backing chain of \(path)") }
+            let next = try openQcow2(basePath, writable: false, openBacking: false)
+            guard let name = next.header.backingFile else { throw .invalidArgument("\(wanted) is not in the backing chain of \(path)") }
+            above.append(next)
+            basePath = resolveBacking(name, relativeTo: basePath)
+            baseFormat = next.header.backingFormat.flatMap { ImageFormat(rawValue: $0) }
+        }
     }
-    let base2 = (base as? RawBackend).map { try? RawBackend(file: $0.file) } ?? nil
-    let target: any BlockBackend = base2 ?? base
-    let cs = top.clusterSize
-    var buf = [UInt8](repeating: 0, count: Int(cs))
+    let baseDevice = try openImage(path: basePath, format: baseFormat, writable: true)
+    if baseDevice.virtualSize < top.virtualSize {
+        if let q = baseDevice as? Qcow2Image { try q.resize(to: top.virtualSize) }
+        else if let r = baseDevice as? RawBackend { try r.file.truncate(top.virtualSize) }
+    }
+    // A raw base is reopened to see its new size.
+    let target: any BlockBackend = try (baseDevice as? RawBackend).map { (r) throws(DiskError) in try RawBackend(file: r.file) } ?? baseDevice
+    var buf = [UInt8](repeating: 0, count: Int(above.map(\.clusterSize).max()!))
     var pos: UInt64 = 0
     let size = top.virtualSize
+    progress.update(0, of: size)
     while pos < size {
-        let (st, n) = try top.status(at: pos)
-        switch st {
-        case .unallocated: break
-        case .zero: try target.writeZeroes(at: pos, length: n)
-        case .data, .compressed:
+        var n = size - pos
+        var holder: (image: Qcow2Image, status: Qcow2Image.Status)? = nil
+        for image in above where pos < image.virtualSize {
+            let (s, length) = try image.status(at: pos)
+            n = min(n, length)
+            if holder == nil && s != .unallocated { holder = (image, s) }
+        }
+        switch holder {
+        case nil: break
+        case (_, .zero)?: try target.writeZeroes(at: pos, length: n)
+        case (let image, _)?:
             try rw(&buf) { (b) throws(DiskError) in
                 let s = UnsafeMutableRawBufferPointer(rebasing: b[0..<Int(n)])
-                try top.read(at: pos, into: s)
+                try image.read(at: pos, into: s)
                 try target.write(at: pos, from: UnsafeRawBufferPointer(s))
             }
         }
         pos += n
+        progress.update(pos, of: size)
     }
     try target.flush()
-    if !keepTop {
+    if emptyTop {
         try top.clear(0, size, mode: .unallocate)
         try top.flush()
     }
@@ -327,7 +460,8 @@ public func commit(path: String, keepTop: Bool = false) throws(DiskError) {
 
 /// Changes the backing file. Unless `unsafe`, first copies into the top image every cluster whose
 /// contents would change, so the guest-visible data stays the same.
-public func rebase(path: String, newBacking: String?, format: ImageFormat?, unsafe: Bool) throws(DiskError) {
+public func rebase(path: String, newBacking: String?, format: ImageFormat?, unsafe: Bool,
+                   progress: ProgressMeter = ProgressMeter(.off)) throws(DiskError) {
     // Unsafe mode touches only the header, so the old backing file need not exist.
     let top = try openQcow2(path, writable: true, openBacking: !unsafe)
     if !unsafe {
@@ -338,26 +472,25 @@ public func rebase(path: String, newBacking: String?, format: ImageFormat?, unsa
         var a = [UInt8](repeating: 0, count: cs), b = [UInt8](repeating: 0, count: cs)
         var pos: UInt64 = 0
         let size = top.virtualSize
+        progress.update(0, of: size)
         while pos < size {
             let (st, n) = try top.status(at: pos)
             if st == .unallocated {
                 let len = Int(n)
-                let differs = try rw(&a) { (pa) throws(DiskError) -> Bool in
-                    try rw(&b) { (pb) throws(DiskError) -> Bool in
+                try rw(&a) { (pa) throws(DiskError) in
+                    try rw(&b) { (pb) throws(DiskError) in
                         let sa = UnsafeMutableRawBufferPointer(rebasing: pa[0..<len])
                         let sb = UnsafeMutableRawBufferPointer(rebasing: pb[0..<len])
                         try top.read(at: pos, into: sa)
                         if let d = newDev { try readClamped(d, at: pos, into: sb) } else { sb.initializeMemory(as: UInt8.self, repeating: 0) }
                         if memcmp(sa.baseAddress!, sb.baseAddress!, len) != 0 {
                             try top.write(at: pos, from: UnsafeRawBufferPointer(sa))
-                            return true
                         }
-                        return false
                     }
                 }
-                _ = differs
             }
             pos += n
+            progress.update(pos, of: size)
         }
         try top.flush()
     }

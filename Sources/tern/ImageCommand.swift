@@ -11,7 +11,8 @@ struct ImageCommand: ParsableCommand {
         abstract: "Create, inspect, check and convert qcow2 and raw disk images.",
         subcommands: [
             ImageCreate.self, ImageInfo.self, ImageCheck.self, ImageConvert.self, ImageSnapshot.self,
-            ImageCommit.self, ImageRebase.self, ImageResize.self, ImageMap.self, ImageBench.self,
+            ImageCommit.self, ImageRebase.self, ImageResize.self, ImageMap.self, ImageMeasure.self, ImageCompare.self,
+            ImageAmend.self, ImageDd.self, ImageBitmap.self, ImageBench.self,
         ]
     )
 }
@@ -41,6 +42,11 @@ func imageFailure(_ path: String, _ error: DiskError) -> ExitCode {
     return ExitCode(1)
 }
 
+/// Prints a usage error naming the verb's help and exits with status 2.
+func usageFailure(_ problem: String, verb: String) -> Never {
+    fail("\(problem); see 'tern image \(verb) --help'", status: 2)
+}
+
 /// Runs `body`, turning a DiskError into the one-line message and exit status 1.
 func withImage<T>(_ path: String, _ body: () throws(DiskError) -> T) throws -> T {
     do {
@@ -50,24 +56,10 @@ func withImage<T>(_ path: String, _ body: () throws(DiskError) -> T) throws -> T
     }
 }
 
-/// Parses sizes like 512, 64K, 10M, 2G, 1T (binary units; an optional B/iB suffix).
-func parseSize(_ s: String) -> UInt64? {
-    var t = s.uppercased()
-    if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B") && t.count > 1 { t.removeLast() }
-    var mult: UInt64 = 1
-    if let last = t.last, let i = "KMGTPE".firstIndex(of: last) {
-        mult = 1 << (10 * UInt64("KMGTPE".distance(from: "KMGTPE".startIndex, to: i) + 1))
-        t.removeLast()
-    }
-    guard let v = UInt64(t) else { return nil }
-    let (r, o) = v.multipliedReportingOverflow(by: mult)
-    return o ? nil : r
-}
-
 struct SizeArgument: ExpressibleByArgument {
     let bytes: UInt64
     init?(argument: String) {
-        guard let b = parseSize(argument) else { return nil }
+        guard let b = parseImageSize(argument) else { return nil }
         bytes = b
     }
 }

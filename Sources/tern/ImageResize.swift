@@ -16,7 +16,7 @@ struct ImageResize: ParsableCommand {
             var s = size
             var sign = 0
             if s.hasPrefix("+") { sign = 1; s.removeFirst() } else if s.hasPrefix("-") { sign = -1; s.removeFirst() }
-            guard let v = parseSize(s) else { throw DiskError.invalidArgument("bad size '\(size)'") }
+            guard let v = parseImageSize(s) else { throw DiskError.invalidArgument("bad size '\(size)'") }
             let target = sign == 0 ? v : sign > 0 ? cur + v : (v > cur ? 0 : cur - v)
             if target < cur && !shrink { throw DiskError.invalidArgument("shrinking needs --shrink") }
             if let q = dev as? Qcow2Image { try q.resize(to: target) }

@@ -30,10 +30,8 @@ struct ImageSnapshot: ParsableCommand {
                                  ("date-sec", .uint(UInt64(x.dateSec))), ("date-nsec", .uint(UInt64(x.dateNsec))),
                                  ("vm-clock-nsec", .uint(x.vmClockNsec))])
                     }).render())
-                } else if !s.isEmpty {
-                    print("Snapshot list:")
-                    print("ID        TAG               VM SIZE                DATE")
-                    for x in s { print("\(x.id.padding(10))\(x.name.padding(18))\(String(x.vmStateSize).padding(23))\(x.dateSec)") }
+                } else {
+                    print(snapshotTable(s), terminator: "")
                 }
             }
         }

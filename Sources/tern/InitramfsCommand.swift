@@ -1,5 +1,6 @@
 import ArgumentParser
 import Initramfs
+import Qcow2
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,7 +25,9 @@ struct InitramfsCreate: ParsableCommand {
             Example: tern run --kernel /boot/vmlinuz-VERSION --initrd FILE --cmdline 'console=ttyS0 -- uname -a'
             """)
 
-    @Option(name: .long, help: ArgumentHelp("The initramfs to write (replaced atomically).", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp(
+        "The initramfs to write: a new file is renamed into place; an existing hard-linked file, link target or device is written in place.",
+        valueName: "file"))
     var output: String
 
     @Option(name: .long, help: ArgumentHelp("Kernel version under /lib/modules (default: the newest).", valueName: "version"))
@@ -49,18 +52,24 @@ struct InitramfsCreate: ParsableCommand {
         let kernel: KernelModulesSource =
             if let modules { .directory(modules) } else if let kernelVersion { .version(kernelVersion) } else { .newest() }
         let options = InitramfsOptions(output: output, kernel: kernel, busybox: busybox, extraModules: extraModules)
+        let image: InitramfsImage
         do throws(InitramfsError) {
-            let image = try InitramfsBuilder(options: options).build()
-            for name in image.skippedModules {
-                printToStandardError("tern: note: kernel \(image.kernelVersion) has no module \(name); skipped it")
-            }
-            print("""
-                wrote \(output): kernel \(image.kernelVersion), \(image.modules.count) modules, \
-                \(image.archive.encodedSize) bytes
-                """)
+            image = try InitramfsBuilder(options: options).assemble()
         } catch {
             fail("\(error); \(error.fix)")
         }
+        do throws(DiskError) {
+            try writeOutput(output, contents: image.archive.encoded())
+        } catch {
+            fail("\(output): \(error); give a regular file, a link to one or a large enough device")
+        }
+        for name in image.skippedModules {
+            printToStandardError("tern: note: kernel \(image.kernelVersion) has no module \(name); skipped it")
+        }
+        print("""
+            wrote \(output): kernel \(image.kernelVersion), \(image.modules.count) modules, \
+            \(image.archive.encodedSize) bytes
+            """)
     }
 }
 

@@ -27,7 +27,7 @@ struct CLITests {
         for i in 0..<(1 << 20) { bytes[i] = UInt8((i / 512) & 0xff) }
         writeFile(d.file("base.raw"), bytes)
         let img = d.file("a.qcow2")
-        #expect(tern("create", "--cluster-size", "4K", "-b", "base.raw", "-F", "raw", img).status == 0)
+        #expect(tern("create", "-f", "qcow2", "--cluster-size", "4K", "-b", "base.raw", "-F", "raw", img).status == 0)
         // info --output json is the library's JSON.
         let info = tern("info", "--output", "json", img)
         #expect(info.status == 0)
@@ -55,7 +55,7 @@ struct CLITests {
         #expect(tern("snapshot", "-d", "one", img).status == 0)
         expectQemuClean(img)
         // convert -c, then back to raw
-        #expect(tern("convert", "-c", "--cluster-size", "4K", img, d.file("c.qcow2")).status == 0)
+        #expect(tern("convert", "-c", "-O", "qcow2", "--cluster-size", "4K", img, d.file("c.qcow2")).status == 0)
         expectQemuClean(d.file("c.qcow2"))
         #expect(qemuImg("compare", img, d.file("c.qcow2")).status == 0)
         #expect(tern("convert", "-O", "raw", d.file("c.qcow2"), d.file("c.raw")).status == 0)

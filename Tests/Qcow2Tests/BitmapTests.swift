@@ -1,0 +1,77 @@
+import Foundation
+import Qcow2
+import Testing
+
+@Suite("persistent dirty bitmaps are shared with QEMU", .serialized)
+struct BitmapTests {
+    @Test("Tern's bitmaps: qemu-img lists them, checks clean, merges and copies their bits; Tern reads QEMU's")
+    func interop() throws {
+        let d = TempDir()
+        let img = d.file("b.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "10M").status == 0)
+        #expect(tern("bitmap", "--add", "-g", "64k", img, "a").status == 0)
+        try editBitmaps(path: img, name: "a", [.markDirty(offset: 100 << 10, length: 200 << 10), .markDirty(offset: 5 << 20, length: 1)])
+        #expect(try dirtyRanges(path: img, bitmap: "a") == [(64 << 10)..<(320 << 10), (5 << 20)..<((5 << 20) + (64 << 10))])
+        expectQemuClean(img)
+        // QEMU merges Tern's bits into a bitmap of another granularity: the bit order and ranges agree.
+        #expect(qemuImg("bitmap", "--add", "-g", "128k", img, "b").status == 0)
+        #expect(qemuImg("bitmap", "--merge", "a", img, "b").status == 0)
+        #expect(try dirtyRanges(path: img, bitmap: "b") == [0..<(384 << 10), (5 << 20)..<((5 << 20) + (128 << 10))])
+        // QEMU copies the bitmaps into a new image; Tern reads the copy.
+        #expect(qemuImg("convert", "--bitmaps", "-O", "qcow2", img, d.file("copy.qcow2")).status == 0)
+        #expect(try dirtyRanges(path: d.file("copy.qcow2"), bitmap: "a") == dirtyRanges(path: img, bitmap: "a"))
+        // Tern merges a bitmap from another image, clears, disables and removes.
+        #expect(tern("bitmap", "--add", img, "c").status == 0)
+        #expect(tern("bitmap", "--merge", "b", "-b", d.file("copy.qcow2"), "-F", "qcow2", img, "c").status == 0)
+        #expect(try dirtyRanges(path: img, bitmap: "c") == dirtyRanges(path: img, bitmap: "b"))
+        #expect(tern("bitmap", "--disable", img, "c").status == 0)
+        #expect(tern("bitmap", "--clear", img, "a").status == 0)
+        #expect(try dirtyRanges(path: img, bitmap: "a").isEmpty)
+        expectQemuClean(img)
+        expectSameAsQemu(["info", img], in: d.path)
+        expectSameAsQemu(["info", "--output", "json", img], in: d.path)
+        expectSameAsQemu(["measure", "-O", "qcow2", img], in: d.path)
+        let info = qemuImg("info", "--output=json", img).out
+        #expect(info.contains("\"name\": \"c\"") && info.contains("\"granularity\": 131072"))
+        // Amending other options keeps the bitmaps valid.
+        #expect(tern("amend", "-o", "lazy_refcounts=on", img).status == 0)
+        #expect(qemuImg("info", img).out.contains("name: c"))
+        expectQemuClean(img)
+        for name in ["a", "b", "c"] { #expect(tern("bitmap", "--remove", img, name).status == 0) }
+        #expect(!qemuImg("info", img).out.contains("bitmaps"))
+        expectQemuClean(img)
+    }
+
+    @Test("errors name the operation and the bitmap, as qemu-img; usage errors exit 2")
+    func errors() throws {
+        let d = TempDir()
+        let img = d.file("e.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "1M").status == 0)
+        #expect(tern("bitmap", "--add", img, "x").status == 0)
+        let twice = tern("bitmap", "--add", img, "x")
+        #expect(twice.status == 1 && twice.err.contains("Operation add on bitmap x failed: Bitmap already exists: x"))
+        let missing = tern("bitmap", "--remove", img, "nope")
+        #expect(missing.status == 1 && missing.err.contains("Dirty bitmap 'nope' not found"))
+        #expect(tern("bitmap", img, "x").status == 2)
+        #expect(tern("bitmap", "--add", "-g", "1000", img, "y").status == 1)
+        #expect(qemuImg("create", "-f", "qcow2", "-o", "compat=0.10", d.file("v2.qcow2"), "1M").status == 0)
+        #expect(tern("bitmap", "--add", d.file("v2.qcow2"), "x").err.contains("compat=1.1"))
+        expectQemuClean(img)
+    }
+
+    @Test("tern image check counts bitmap clusters as referenced; a repair keeps QEMU's bitmaps")
+    func checkKeepsBitmaps() throws {
+        let d = TempDir()
+        let img = d.file("c.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "10M").status == 0)
+        #expect(qemuImg("bitmap", "--add", img, "q").status == 0)
+        #expect(tern("bitmap", "--add", "-g", "4k", img, "t").status == 0)
+        try editBitmaps(path: img, name: "t", [.markDirty(offset: 0, length: 10 << 20)])
+        #expect(tern("check", img).status == 0)
+        #expect(tern("check", "-r", "all", img).status == 0)
+        expectQemuClean(img)
+        #expect(try dirtyRanges(path: img, bitmap: "t") == [0..<(10 << 20)])
+        #expect(qemuImg("info", img).out.contains("name: q"))
+    }
+}
+
