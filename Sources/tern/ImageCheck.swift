@@ -79,7 +79,7 @@ extension ImageCheck {
         } catch DiskError.corrupt(let problem) {
             printError("tern: \(file): cannot check the image: \(problem); restore it from a backup")
             throw ExitCode(1)
-        } catch let error as DiskError {
+        } catch {
             throw imageFailure(file, error)
         }
     }
