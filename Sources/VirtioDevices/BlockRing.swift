@@ -70,6 +70,11 @@ public final class BlockRingEngine: @unchecked Sendable {
     /// Set when the kernel refused a submission: the engine stops taking requests.
     public private(set) var isBroken = false
 
+    /// Page-cache transfers of at least this many bytes go straight to the kernel's I/O workers, so that their
+    /// copies run in parallel rather than one after another inside `submit` on the device's thread; smaller ones
+    /// are cheaper inline. (O_DIRECT transfers are asynchronous in the block layer already.)
+    static let workerThreshold = 32 << 10
+
     /// Most requests in flight, and most buffers in one request; a device's queue may hold more of either, which
     /// then wait for a slot or go through the backend.
     public static let maximumSlots = 256
@@ -178,7 +183,8 @@ public final class BlockRingEngine: @unchecked Sendable {
         let request = requests[slot]
         let queued = ring.prepare(
             write: request.isWrite, descriptor: descriptor, vectors: vectors + slot * vectorsPerRequest + request.firstVector,
-            count: request.vectorCount - request.firstVector, offset: request.offset, tag: UInt64(slot))
+            count: request.vectorCount - request.firstVector, offset: request.offset, tag: UInt64(slot),
+            inWorker: !isDirect && request.remaining >= Self.workerThreshold)
         precondition(queued, "io_uring submission queue full with a free request slot")
     }
 
@@ -194,6 +200,16 @@ public final class BlockRingEngine: @unchecked Sendable {
 
     /// Resets the ring's eventfd, before the completions it announced are reaped.
     func clearEvent() { ring.clearEvent() }
+
+    /// Whether completions are ready to reap.
+    var hasCompletions: Bool { ring.hasCompletions }
+
+    /// Whether completions signal the eventfd: off while the device serves its queue and reaps by itself, which
+    /// spares the I/O thread a wake-up for each completion that arrives meanwhile (inline ones above all).
+    var signalsCompletions: Bool {
+        get { ring.signalsCompletions }
+        set { ring.signalsCompletions = newValue }
+    }
 
     /// Completes every request whose transfer finished: stores its status (`ok`, or `ioError` when the transfer
     /// failed) and calls `complete` with its head and used length. Short transfers are queued again for the rest

@@ -37,7 +37,13 @@ final class ScriptedRing: BlockIORing, @unchecked Sendable {
 
     var unsubmitted: Int { queued.count }
 
-    func prepare(write: Bool, descriptor: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64) -> Bool {
+    var hasCompletions: Bool { !ready.isEmpty }
+    var signalsCompletions = true
+
+    func prepare(
+        write: Bool, descriptor: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64,
+        inWorker: Bool
+    ) -> Bool {
         queued.append(Entry(tag: tag, isWrite: write, vectors: Array(UnsafeBufferPointer(start: vectors, count: count)), offset: offset))
         return true
     }
