@@ -365,9 +365,10 @@ public struct Block: VirtioDevice {
 
         switch type {
         case RequestType.read:
-            guard dataOut == 0, dataIn % Self.sectorSize == 0, inRange(sector, sectors: dataIn / Self.sectorSize) else {
-                throw .status(Status.ioError)
-            }
+            // The used length (data plus status byte) must fit its 32 bits.
+            guard dataOut == 0, dataIn % Self.sectorSize == 0, dataIn < UInt32.max,
+                inRange(sector, sectors: dataIn / Self.sectorSize)
+            else { throw .status(Status.ioError) }
             let base = sector * Self.sectorSize
             if let batch {
                 batch.beginRequest()

@@ -70,9 +70,10 @@ public final class BlockRingEngine: @unchecked Sendable {
     /// Set when the kernel refused a submission: the engine stops taking requests.
     public private(set) var isBroken = false
 
-    /// Page-cache transfers of at least this many bytes go straight to the kernel's I/O workers, so that their
-    /// copies run in parallel rather than one after another inside `submit` on the device's thread; smaller ones
-    /// are cheaper inline. (O_DIRECT transfers are asynchronous in the block layer already.)
+    /// Page-cache transfers of at least this many bytes, while others are in flight, go straight to the kernel's
+    /// I/O workers, so that their copies run in parallel rather than one after another inside `submit` on the
+    /// device's thread; smaller ones, or a lone one, are cheaper inline. (O_DIRECT transfers are asynchronous in the
+    /// block layer already.)
     static let workerThreshold = 32 << 10
 
     /// Most requests in flight, and most buffers in one request; a device's queue may hold more of either, which
@@ -184,7 +185,7 @@ public final class BlockRingEngine: @unchecked Sendable {
         let queued = ring.prepare(
             write: request.isWrite, descriptor: descriptor, vectors: vectors + slot * vectorsPerRequest + request.firstVector,
             count: request.vectorCount - request.firstVector, offset: request.offset, tag: UInt64(slot),
-            inWorker: !isDirect && request.remaining >= Self.workerThreshold)
+            inWorker: !isDirect && request.remaining >= Self.workerThreshold && inFlight > 1)
         precondition(queued, "io_uring submission queue full with a free request slot")
     }
 
@@ -241,7 +242,7 @@ public final class BlockRingEngine: @unchecked Sendable {
             let filled = request.isWrite ? 0 : request.length - request.remaining
             free[freeCount] = UInt16(slot)
             freeCount += 1
-            complete(request.head, UInt32(truncatingIfNeeded: filled) + 1)
+            complete(request.head, UInt32(clamping: filled + 1))
         }
     }
 
