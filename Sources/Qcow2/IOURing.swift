@@ -12,9 +12,17 @@ public protocol BlockIORing: AnyObject {
     var eventDescriptor: Int32 { get }
     /// Entries queued by `prepare` that have not been submitted yet.
     var unsubmitted: Int { get }
+    /// Whether completions are ready to reap.
+    var hasCompletions: Bool { get }
+    /// Whether completions signal `eventDescriptor`; an owner that reaps by itself for a while turns this off.
+    var signalsCompletions: Bool { get set }
     /// Queues a vectored read (or write, with `write`) of the `count` buffers at `vectors` from `offset` in
-    /// `descriptor`, its completion tagged `tag`. Returns false when the submission queue is full.
-    func prepare(write: Bool, descriptor: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64) -> Bool
+    /// `descriptor`, its completion tagged `tag`; with `inWorker`, the kernel hands it to one of its I/O workers at
+    /// once instead of first trying it inline. Returns false when the submission queue is full.
+    func prepare(
+        write: Bool, descriptor: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64,
+        inWorker: Bool
+    ) -> Bool
     /// Hands every queued entry to the kernel.
     func submit() throws(DiskError)
     /// Calls `body` with the tag and result (bytes transferred, or a negative errno) of each completion ready
@@ -70,7 +78,8 @@ public final class IOURing: BlockIORing, @unchecked Sendable {
     }
 
     public func prepare(
-        write: Bool, descriptor: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64
+        write: Bool, descriptor: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64,
+        inWorker: Bool
     ) -> Bool {
         guard let entry = io_uring_get_sqe(ring) else { return false }
         if write {
@@ -79,10 +88,18 @@ public final class IOURing: BlockIORing, @unchecked Sendable {
             io_uring_prep_readv(entry, descriptor, vectors, UInt32(count), offset)
         }
         io_uring_sqe_set_data64(entry, tag)
+        if inWorker { io_uring_sqe_set_flags(entry, UInt32(1 << IOSQE_ASYNC_BIT)) }
         return true
     }
 
     public var unsubmitted: Int { Int(io_uring_sq_ready(ring)) }
+
+    public var hasCompletions: Bool { io_uring_cq_ready(ring) > 0 }
+
+    public var signalsCompletions: Bool {
+        get { io_uring_cq_eventfd_enabled(ring) }
+        set { _ = io_uring_cq_eventfd_toggle(ring, newValue) }
+    }
 
     /// One system call for every queued entry (retried when interrupted).
     public func submit() throws(DiskError) {

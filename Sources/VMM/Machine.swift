@@ -176,8 +176,8 @@ public final class Machine: Sendable {
                         logger.info("virtio-blk \(index): \(error); using aio=\(disk.cache == .none ? "threads" : "sync")")
                     }
                 }
-                // O_DIRECT requests wait on the medium: keep the guest's queue depth in flight there.
-                let threads = disk.aio == .threads || disk.aio == .ioUring && disk.cache == .none
+                // Without a ring, O_DIRECT requests wait on the medium: keep the guest's queue depth in flight there.
+                let threads = ring == nil && (disk.aio == .threads || disk.aio == .ioUring && disk.cache == .none)
                 return Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial,
                              ioWorkers: threads ? Self.directIOWorkers : 0, ring: ring)
             })

@@ -181,14 +181,25 @@ public struct Block: VirtioDevice {
 
     public mutating func notify(queue index: Int) {
         guard index == 0 else { return }
-        serve()
+        guard let ring else { return serve() }
+        serveQuietly(ring)
     }
 
     /// The ring's eventfd: reads and writes completed.
     public mutating func hostEvent(token: UInt32, events: HostEventKind) {
         guard token == BlockRingEngine.eventToken, let ring else { return }
         ring.clearEvent()
-        serve()
+        if ring.hasCompletions { serveQuietly(ring) }
+    }
+
+    /// Serves the queue with the ring's completion events off, reaping by itself; once they are back on, serves
+    /// again for any completion that slipped in between, so that none goes unannounced.
+    private mutating func serveQuietly(_ ring: BlockRingEngine) {
+        repeat {
+            ring.signalsCompletions = false
+            serve()
+            ring.signalsCompletions = true
+        } while queue != nil && ring.hasCompletions
     }
 
     public mutating func reset() {
@@ -354,9 +365,10 @@ public struct Block: VirtioDevice {
 
         switch type {
         case RequestType.read:
-            guard dataOut == 0, dataIn % Self.sectorSize == 0, inRange(sector, sectors: dataIn / Self.sectorSize) else {
-                throw .status(Status.ioError)
-            }
+            // The used length (data plus status byte) must fit its 32 bits.
+            guard dataOut == 0, dataIn % Self.sectorSize == 0, dataIn < UInt32.max,
+                inRange(sector, sectors: dataIn / Self.sectorSize)
+            else { throw .status(Status.ioError) }
             let base = sector * Self.sectorSize
             if let batch {
                 batch.beginRequest()

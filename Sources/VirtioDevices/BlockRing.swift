@@ -71,6 +71,12 @@ public final class BlockRingEngine: @unchecked Sendable {
     /// Set when the kernel refused a submission: the engine stops taking requests.
     public private(set) var isBroken = false
 
+    /// Page-cache transfers of at least this many bytes, while others are in flight, go straight to the kernel's
+    /// I/O workers, so that their copies run in parallel rather than one after another inside `submit` on the
+    /// device's thread; smaller ones, or a lone one, are cheaper inline. (O_DIRECT transfers are asynchronous in the
+    /// block layer already.)
+    static let workerThreshold = 32 << 10
+
     /// Most requests in flight, and most buffers in one request; a device's queue may hold more of either, which
     /// then wait for a slot or go through the backend.
     public static let maximumSlots = 256
@@ -179,7 +185,8 @@ public final class BlockRingEngine: @unchecked Sendable {
         let request = requests[slot]
         let queued = ring.prepare(
             write: request.isWrite, descriptor: descriptor, vectors: vectors + slot * vectorsPerRequest + request.firstVector,
-            count: request.vectorCount - request.firstVector, offset: request.offset, tag: UInt64(slot))
+            count: request.vectorCount - request.firstVector, offset: request.offset, tag: UInt64(slot),
+            inWorker: !isDirect && request.remaining >= Self.workerThreshold && inFlight > 1)
         precondition(queued, "io_uring submission queue full with a free request slot")
     }
 
@@ -195,6 +202,16 @@ public final class BlockRingEngine: @unchecked Sendable {
 
     /// Resets the ring's eventfd, before the completions it announced are reaped.
     func clearEvent() { ring.clearEvent() }
+
+    /// Whether completions are ready to reap.
+    var hasCompletions: Bool { ring.hasCompletions }
+
+    /// Whether completions signal the eventfd: off while the device serves its queue and reaps by itself, which
+    /// spares the I/O thread a wake-up for each completion that arrives meanwhile (inline ones above all).
+    var signalsCompletions: Bool {
+        get { ring.signalsCompletions }
+        set { ring.signalsCompletions = newValue }
+    }
 
     /// Completes every request whose transfer finished: stores its status (`ok`, or `ioError` when the transfer
     /// failed) and calls `complete` with its head and used length. Short transfers are queued again for the rest
@@ -226,7 +243,7 @@ public final class BlockRingEngine: @unchecked Sendable {
             let filled = request.isWrite ? 0 : request.length - request.remaining
             free[freeCount] = UInt16(slot)
             freeCount += 1
-            complete(request.head, UInt32(truncatingIfNeeded: filled) + 1)
+            complete(request.head, UInt32(clamping: filled + 1))
         }
     }
 

@@ -38,7 +38,13 @@ final class ScriptedRing: BlockIORing, @unchecked Sendable {
 
     var unsubmitted: Int { queued.count }
 
-    func prepare(write: Bool, descriptor: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64) -> Bool {
+    var hasCompletions: Bool { !ready.isEmpty }
+    var signalsCompletions = true
+
+    func prepare(
+        write: Bool, descriptor: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64,
+        inWorker: Bool
+    ) -> Bool {
         queued.append(Entry(tag: tag, isWrite: write, vectors: Array(UnsafeBufferPointer(start: vectors, count: count)), offset: offset))
         return true
     }
@@ -456,6 +462,52 @@ let ioURingAvailable = (try? IOURing(entries: 4)) != nil
             waits += 1
             try #require(waits < 100, "\(count - done) requests never completed")
         }
+    }
+
+    /// The kernel's ring itself: a read of a pipe stays in flight until data arrives, its completion signals the
+    /// eventfd only while completions signal it, and a cancellation ends a read that would wait forever.
+    @Test(.enabled(if: ioURingAvailable)) func kernelRingSignalsAndCancels() throws {
+        let ring = try IOURing(entries: 4)
+        var ends: [Int32] = [-1, -1]
+        try #require(pipe(&ends) == 0)
+        defer { ends.forEach { close($0) } }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 8)
+        defer { buffer.deallocate() }
+        var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        func readable() -> Bool {
+            var descriptor = pollfd(fd: ring.eventDescriptor, events: Int16(POLLIN), revents: 0)
+            return poll(&descriptor, 1, 0) == 1
+        }
+        func completions() -> [(UInt64, Int32)] {
+            var reaped: [(UInt64, Int32)] = []
+            ring.reap { reaped.append(($0, $1)) }
+            return reaped
+        }
+        // Offset -1: the pipe's own position, as non-seekable files want.
+        #expect(ring.prepare(write: false, descriptor: ends[0], vectors: &vector, count: 1, offset: .max, tag: 7, inWorker: false))
+        #expect(ring.unsubmitted == 1)
+        try ring.submit()
+        #expect(ring.unsubmitted == 0 && !ring.hasCompletions && !readable())
+        ring.signalsCompletions = false
+        #expect(write(ends[1], "hello", 5) == 5)
+        try ring.waitForCompletion()
+        #expect(!readable(), "no event while completions do not signal")
+        #expect(completions().map { $0.0 } == [7])
+        ring.signalsCompletions = true
+        #expect(ring.prepare(write: false, descriptor: ends[0], vectors: &vector, count: 1, offset: .max, tag: 8, inWorker: true))
+        try ring.submit()
+        try ring.cancelSubmitted()
+        try ring.waitForCompletion()
+        var reaped = completions()
+        if reaped.count < 2 {
+            try ring.waitForCompletion()
+            reaped += completions()
+        }
+        #expect(reaped.contains { $0 == (8, -ECANCELED) })
+        #expect(reaped.contains { $0.0 == IOURing.cancelTag })
+        #expect(readable())
+        ring.clearEvent()
+        #expect(!readable())
     }
 
     @Test func diskSettingNamesTheEngineAsQEMUDoes() throws {
