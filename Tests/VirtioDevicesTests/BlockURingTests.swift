@@ -107,14 +107,6 @@ final class ScriptedRing: BlockIORing, @unchecked Sendable {
     }
 }
 
-/// Records what a device watches.
-final class RecordingWatcher: HostEventWatcher {
-    let watched = Mutex<[Int32: UInt32]>([:])
-
-    func watch(_ descriptor: Int32, token: UInt32) throws(HostEventError) { watched.withLock { $0[descriptor] = token } }
-    func unwatch(_ descriptor: Int32) { _ = watched.withLock { $0.removeValue(forKey: descriptor) } }
-}
-
 /// A virtio-blk device whose reads and writes go through a ring, driven as a driver would: request `i` on
 /// descriptors 3i..3i+2 (or 2i, 2i+1 without data), many published before one notification.
 struct RingHarness {
@@ -133,8 +125,7 @@ struct RingHarness {
     let ring: any BlockIORing
     let engine: BlockRingEngine
     var device: Block
-    private var availableIndex: UInt16 = 0
-    private var usedSeen: UInt16 = 0
+    private var driver: DriverRing
 
     /// A device over `ring` with room for `slots` requests in flight, or over the kernel's io_uring on a raw
     /// file of `size` bytes opened with `cache` when `ring` is nil.
@@ -153,18 +144,10 @@ struct RingHarness {
             ring = engine.ring
         }
         device = Block(memory: memory, backend: backend, readOnly: false, serial: "ring", queueSize: Self.queueSize, ring: engine)
-        let queue = try SplitQueue(
+        driver = DriverRing(
             memory: memory, size: Self.queueSize, descriptorTable: Self.descriptorTable,
             availableRing: Self.availableRing, usedRing: Self.usedRing, features: device.features)
-        try device.activate(features: device.features, queues: [queue], interrupt: interrupt)
-    }
-
-    private func descriptor(_ index: Int, _ address: UInt64, _ length: Int, write: Bool, next: Int?) throws {
-        let at = Self.descriptorTable + 16 * UInt64(index)
-        try memory.store(address, at: at)
-        try memory.store(UInt32(length), at: at + 8)
-        try memory.store(UInt16((next == nil ? 0 : 1) | (write ? 2 : 0)), at: at + 12)
-        try memory.store(UInt16(next ?? 0), at: at + 14)
+        try device.activate(features: device.features, queues: [try driver.queue()], interrupt: interrupt)
     }
 
     /// Where request `slot`'s data buffers start.
@@ -183,19 +166,16 @@ struct RingHarness {
         let isRead = type == Block.RequestType.read
         let address = dataAddress ?? Self.data(slot)
         if !out.isEmpty { try memory.write(out, at: address) }
-        let first = 4 * slot
-        var index = first
-        try descriptor(index, header, 16, write: false, next: index + 1)
+        var chain = [ChainBuffer(address: header, length: 16, isWrite: false)]
         var at = address
         for length in segments {
-            index += 1
-            try descriptor(index, at, length, write: isRead, next: index + 1)
+            chain.append(ChainBuffer(address: at, length: UInt32(length), isWrite: isRead))
             at += UInt64(length)
         }
-        try descriptor(index + 1, Self.statusBase + UInt64(slot), 1, write: true, next: nil)
-        try memory.store(UInt16(first), at: Self.availableRing + 4 + 2 * UInt64(availableIndex & (Self.queueSize - 1)))
-        availableIndex &+= 1
-        try memory.store(availableIndex, at: Self.availableRing + 2)
+        chain.append(ChainBuffer(address: Self.statusBase + UInt64(slot), length: 1, isWrite: true))
+        let head = UInt16(4 * slot)
+        try driver.writeChain(chain, head: head)
+        try driver.makeAvailable(head)
     }
 
     mutating func notify() { device.notify(queue: 0) }
@@ -205,15 +185,7 @@ struct RingHarness {
 
     /// The used-ring entries added since the last call: (request slot, used length).
     mutating func newlyUsed() throws -> [(slot: Int, length: UInt32)] {
-        let index: UInt16 = try memory.load(at: Self.usedRing + 2)
-        var entries: [(Int, UInt32)] = []
-        while usedSeen != index {
-            let element = Self.usedRing + 4 + 8 * UInt64(usedSeen & (Self.queueSize - 1))
-            let head: UInt32 = try memory.load(at: element)
-            entries.append((Int(head) / 4, try memory.load(at: element + 4)))
-            usedSeen &+= 1
-        }
-        return entries
+        try driver.takeUsed().map { (Int($0.head) / 4, $0.length) }
     }
 
     func status(_ slot: Int) throws -> UInt8 { try memory.load(at: Self.statusBase + UInt64(slot)) }
@@ -428,7 +400,7 @@ let ioURingAvailable = (try? IOURing(entries: 4)) != nil
     @Test(.enabled(if: ioURingAvailable), arguments: CacheMode.allCases)
     func kernelRingKeepsTheData(cache: CacheMode) throws {
         var harness = try RingHarness(ring: nil, cache: cache)
-        #expect(harness.watcher.watched.withLock { $0.count } == 1)
+        #expect(harness.watcher.descriptors.count == 1)
         for slot in 0..<4 {
             try harness.post(slot, type: Block.RequestType.write, sector: UInt64(16 * slot), segments: [4096, 4096],
                              out: pattern(8192, seed: UInt8(slot)))

@@ -46,23 +46,6 @@ final class FakeNetBackend: NetBackend {
     var waiting: Int { state.withLock { $0.incoming.count } }
 }
 
-/// Records what the network device asked to watch, in order.
-final class NetWatcher: HostEventWatcher {
-    let watched = Mutex<[(descriptor: Int32, token: UInt32)]>([])
-
-    func watch(_ descriptor: Int32, token: UInt32) throws(HostEventError) {
-        watched.withLock { $0.append((descriptor, token)) }
-    }
-
-    func unwatch(_ descriptor: Int32) { watched.withLock { $0.removeAll { $0.descriptor == descriptor } } }
-
-    /// The tokens watched, in order.
-    var tokens: [UInt32] { watched.withLock { $0.map(\.token) } }
-
-    /// The descriptor watched with `token`.
-    func descriptor(for token: UInt32) -> Int32? { watched.withLock { $0.first { $0.token == token }?.descriptor } }
-}
-
 /// A virtio-net device over a fake backend, activated over two 16-entry split queues in 16 MiB of guest RAM,
 /// driven the way a driver would.
 struct NetHarness {
@@ -76,7 +59,7 @@ struct NetHarness {
 
     let memory: GuestMemory
     let backend: FakeNetBackend
-    let watcher = NetWatcher()
+    let watcher = RecordingWatcher()
     let interrupt = RecordingInterrupt()
     var device: Net
     private var driverRings: [DriverRing] = []

@@ -1,5 +1,6 @@
 import Glibc
 import Qcow2
+import TestSupport
 import Testing
 @testable import VirtioDevices
 

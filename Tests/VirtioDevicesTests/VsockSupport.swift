@@ -5,21 +5,6 @@ import TestSupport
 import Virtio
 import VirtioDevices
 
-/// A watcher that records what is watched; tests pump readiness to the device by hand.
-final class VsockRecordingWatcher: HostEventWatcher {
-    let watched = Mutex<[Int32: UInt32]>([:])
-
-    func watch(_ descriptor: Int32, token: UInt32) throws(HostEventError) {
-        watched.withLock { $0[descriptor] = token }
-    }
-
-    func unwatch(_ descriptor: Int32) {
-        _ = watched.withLock { $0.removeValue(forKey: descriptor) }
-    }
-
-    var descriptors: [Int32: UInt32] { watched.withLock { $0 } }
-}
-
 /// A packet the device put in a receive buffer.
 struct VsockReceivedPacket {
     var header: VsockHeader
@@ -61,7 +46,7 @@ struct VsockHarness {
 
     let memory: GuestMemory
     let interrupt = RecordingInterrupt()
-    let watcher = VsockRecordingWatcher()
+    let watcher = RecordingWatcher()
     let directory = VsockTemporaryDirectory()
     let socketPath: String
     var device: Vsock
