@@ -100,7 +100,7 @@ public final class Machine: Sendable {
             try vm.createTimer()
             software = hypervisor.backend == .software
             if software {
-                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding CMPXCHG16B, XSAVE and AVX from the guest and adding 'noxsave' to its command line")
+                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding from the guest the features the emulator cannot run (\(SoftwareVirtualization.withheldFeatures.map(\.name).joined(separator: " "))) and adding '\(SoftwareVirtualization.linuxParameters.joined(separator: " "))' to its command line")
             }
             cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), vcpuCount: config.cpus, softwareVirtualization: software)
         } catch {
@@ -217,7 +217,7 @@ public final class Machine: Sendable {
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
         // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.
         var parameters = virtioSlots.map { "virtio_mmio.device=\($0.size)@0x\(String($0.base, radix: 16)):\($0.gsi)" }
-        if software { parameters.append("noxsave") }
+        if software { parameters += SoftwareVirtualization.linuxParameters }
         commandLine = config.kernelCommandLine(adding: parameters)
 
         let firmware: ACPITableSet
