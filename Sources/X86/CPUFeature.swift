@@ -9,7 +9,7 @@ public struct CPUFeature: Hashable, Sendable, CustomStringConvertible {
     public let register: Register
     public let bit: Int
     /// The feature's instructions use registers that XSAVE manages (YMM, ZMM, opmask), so an operating system enables
-    /// it only with XSAVE; Linux drops it by itself when `noxsave` turns XSAVE off.
+    /// it only with XSAVE; Linux drops it by itself when XSAVE is off.
     public let needsExtendedState: Bool
 
     public init(_ name: String, leaf: UInt32, subleaf: UInt32 = 0, _ register: Register, bit: Int, needsExtendedState: Bool = false) {

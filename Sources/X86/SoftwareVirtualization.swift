@@ -18,7 +18,7 @@ public enum SoftwareVirtualization {
         CPUFeature("movbe", leaf: 1, .ecx, bit: 22),
         CPUFeature("popcnt", leaf: 1, .ecx, bit: 23),
         CPUFeature("aes", leaf: 1, .ecx, bit: 25),
-        CPUFeature("xsave", leaf: 1, .ecx, bit: 26, needsExtendedState: true),
+        CPUFeature("xsave", leaf: 1, .ecx, bit: 26),
         CPUFeature("osxsave", leaf: 1, .ecx, bit: 27, needsExtendedState: true),
         CPUFeature("avx", leaf: 1, .ecx, bit: 28, needsExtendedState: true),
         CPUFeature("f16c", leaf: 1, .ecx, bit: 29, needsExtendedState: true),
@@ -60,11 +60,12 @@ public enum SoftwareVirtualization {
 
     /// Kernel parameters that keep a Linux guest off the withheld instructions; added to the command line of Linux
     /// guests only, and only on these hosts. Withholding from CPUID is not enough: kvm_pvm reports the host's own
-    /// CPUID.1 ECX and CPUID.7 features to the guest whatever KVM_SET_CPUID2 sets. `noxsave` turns XSAVE off, and with
-    /// it everything that needs its state (AVX and up); `clearcpuid=` names the rest by Linux's numbers (which older kernels
-    /// take too, unlike names) in the 127 characters Linux reads of it.
+    /// CPUID.1 ECX and CPUID.7 features to the guest whatever KVM_SET_CPUID2 sets. `clearcpuid=` names the features by
+    /// Linux's numbers (which older kernels take too, unlike names) in the 127 characters Linux reads of it; clearing
+    /// XSAVE makes Linux drop everything that needs its state (AVX and up) by itself, as `noxsave` would. Only
+    /// key=value parameters: Linux hands bare words it does not know (`noxsave` is one) to init as arguments.
     public static let linuxParameters: [String] = {
         let numbers = withheldFeatures.filter { !$0.needsExtendedState }.compactMap(\.linuxNumber)
-        return ["noxsave", "clearcpuid=" + numbers.map(String.init).joined(separator: ",")]
+        return ["clearcpuid=" + numbers.map(String.init).joined(separator: ",")]
     }()
 }
