@@ -58,14 +58,21 @@ public enum SoftwareVirtualization {
         CPUFeature("rdtscp", leaf: 0x8000_0001, .edx, bit: 27),
     ]
 
-    /// Kernel parameters that keep a Linux guest off the withheld instructions; added to the command line of Linux
-    /// guests only, and only on these hosts. Withholding from CPUID is not enough: kvm_pvm reports the host's own
-    /// CPUID.1 ECX and CPUID.7 features to the guest whatever KVM_SET_CPUID2 sets. `clearcpuid=` names the features by
-    /// Linux's numbers (which older kernels take too, unlike names) in the 127 characters Linux reads of it; clearing
-    /// XSAVE makes Linux drop everything that needs its state (AVX and up) by itself, as `noxsave` would. Only
-    /// key=value parameters: Linux hands bare words it does not know (`noxsave` is one) to init as arguments.
+    /// Kernel parameters for Linux guests on these hosts only. Only key=value parameters: Linux hands bare words it
+    /// does not know (`noxsave` is one) to init as arguments.
+    ///
+    /// - `clearcpuid=` keeps the kernel off the withheld instructions. Withholding them from CPUID is not enough:
+    ///   kvm_pvm reports the host's own CPUID.1 ECX and CPUID.7 features whatever KVM_SET_CPUID2 sets. It names the
+    ///   features by Linux's numbers (which older kernels take too, unlike names) in the 127 characters Linux reads
+    ///   of it; clearing XSAVE makes Linux drop everything that needs its state (AVX and up) by itself.
+    /// - `watchdog_thresh=0` and `sysctl.kernel.hung_task_timeout_secs=0` turn off the soft-lockup and hung-task
+    ///   detectors: under emulation the boot's long initcalls (ftrace's and the trace events' set-up) trip them, and
+    ///   each false report costs seconds of emulated stack unwinding and console output.
+    /// - `cryptomgr.notests=1` skips the self-tests of the built-in crypto algorithms (RSA and Diffie-Hellman among
+    ///   them: big-number arithmetic, run at about 2 million instructions/s); Linux ignores it in FIPS mode.
     public static let linuxParameters: [String] = {
         let numbers = withheldFeatures.filter { !$0.needsExtendedState }.compactMap(\.linuxNumber)
-        return ["clearcpuid=" + numbers.map(String.init).joined(separator: ",")]
+        return ["clearcpuid=" + numbers.map(String.init).joined(separator: ","),
+                "watchdog_thresh=0", "sysctl.kernel.hung_task_timeout_secs=0", "cryptomgr.notests=1"]
     }()
 }
