@@ -65,14 +65,16 @@ public enum SoftwareVirtualization {
     ///   kvm_pvm reports the host's own CPUID.1 ECX and CPUID.7 features whatever KVM_SET_CPUID2 sets. It names the
     ///   features by Linux's numbers (which older kernels take too, unlike names) in the 127 characters Linux reads
     ///   of it; clearing XSAVE makes Linux drop everything that needs its state (AVX and up) by itself.
-    /// - `watchdog_thresh=0` and `sysctl.kernel.hung_task_timeout_secs=0` turn off the soft-lockup and hung-task
-    ///   detectors: under emulation the boot's long initcalls (ftrace's and the trace events' set-up) trip them, and
-    ///   each false report costs seconds of emulated stack unwinding and console output.
+    /// - `watchdog_thresh=0`, `sysctl.kernel.hung_task_timeout_secs=0` and `rcupdate.rcu_cpu_stall_suppress=1` turn
+    ///   off the soft-lockup, hung-task and RCU-stall reports: under emulation the boot's long initcalls (ftrace's
+    ///   and the trace events' set-up, the BTF check) trip them, and each false report costs seconds of emulated
+    ///   stack unwinding and console output.
     /// - `cryptomgr.notests=1` skips the self-tests of the built-in crypto algorithms (RSA and Diffie-Hellman among
     ///   them: big-number arithmetic, run at about 2 million instructions/s); Linux ignores it in FIPS mode.
     public static let linuxParameters: [String] = {
         let numbers = withheldFeatures.filter { !$0.needsExtendedState }.compactMap(\.linuxNumber)
         return ["clearcpuid=" + numbers.map(String.init).joined(separator: ","),
-                "watchdog_thresh=0", "sysctl.kernel.hung_task_timeout_secs=0", "cryptomgr.notests=1"]
+                "watchdog_thresh=0", "sysctl.kernel.hung_task_timeout_secs=0", "rcupdate.rcu_cpu_stall_suppress=1",
+                "cryptomgr.notests=1"]
     }()
 }
