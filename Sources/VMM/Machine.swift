@@ -115,7 +115,7 @@ public final class Machine: Sendable {
             try vm.createTimer()
             software = hypervisor.backend == .software
             if software {
-                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding CMPXCHG16B, XSAVE and AVX from the guest")
+                logger.info("the host's KVM virtualises in software (kvm_pvm): guest ring 0 is emulated; withholding from the guest the features the emulator cannot run (\(SoftwareVirtualization.withheldFeatures.map(\.name).joined(separator: " ")))")
             }
             cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), vcpuCount: config.cpus, softwareVirtualization: software)
         } catch {
@@ -244,11 +244,11 @@ public final class Machine: Sendable {
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
         // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.
         var parameters = virtioSlots.map { "virtio_mmio.device=\($0.size)@0x\(String($0.base, radix: 16)):\($0.gsi)" }
-        // Linux would otherwise use XSAVE, which the guest's CPUID does not offer on such hosts; other kernels get
-        // the user's command line unchanged.
+        // Linux would otherwise pick instructions and detectors such hosts cannot serve; other kernels get the
+        // user's command line unchanged.
         if software && HostFiles.isLinuxKernel(config.kernel) {
-            logger.info("adding 'noxsave' to the Linux kernel's command line")
-            parameters.append("noxsave")
+            logger.info("adding '\(SoftwareVirtualization.linuxParameters.joined(separator: " "))' to the Linux kernel's command line")
+            parameters += SoftwareVirtualization.linuxParameters
         }
         commandLine = config.kernelCommandLine(adding: parameters)
 

@@ -12,15 +12,10 @@ public struct CPUIDPolicy: Sendable {
     public static let withheldParavirtualFeatures: UInt32 = (1 << 16) | (1 << 17)  // HC_MAP_GPA_RANGE, MIGRATION_CONTROL
 
     public let vcpuCount: Int
-    /// Withhold the features a software-virtualisation host cannot run in guest ring 0 (see `softwareUnsafeFeatures`).
+    /// Withhold what a software-virtualisation host cannot run in guest ring 0: `SoftwareVirtualization.withheldFeatures`
+    /// and leaf 0xD (XSAVE state).
     public let softwareVirtualization: Bool
     private let supported: [CPUIDEntry]
-
-    /// Feature bits withheld on software-virtualisation hosts, whose instruction emulator lacks their instructions:
-    /// CPUID.1 ECX CMPXCHG16B (13), XSAVE (26), OSXSAVE (27), AVX (28, needs XSAVE) and F16C (29);
-    /// CPUID.7.0 EBX AVX2 (5) and AVX-512 (16, 17, 21, 26, 27, 28, 30, 31). Leaf 0xD (XSAVE state) goes entirely.
-    public static let softwareUnsafeLeaf1ECX: UInt32 = (1 << 13) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29)
-    public static let softwareUnsafeLeaf7EBX: UInt32 = (1 << 5) | (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31)
 
     /// - Parameters:
     ///   - supported: KVM_GET_SUPPORTED_CPUID's entries.
@@ -47,15 +42,15 @@ public struct CPUIDPolicy: Sendable {
         var result: [CPUIDEntry] = []
         result.reserveCapacity(supported.count + 2)
         for var entry in supported {
-            if softwareVirtualization && entry.function == 0xD { continue }
+            if softwareVirtualization {
+                if entry.function == 0xD { continue }
+                for feature in SoftwareVirtualization.withheldFeatures { entry.withhold(feature) }
+            }
             switch entry.function {
             case 0x1:
                 entry.ebx = (entry.ebx & 0x0000_FFFF) | (apicID << 24) | (min(idsPerPackage, 255) << 16)
                 entry.ecx |= 1 << 31  // hypervisor present
                 if vcpuCount > 1 { entry.edx |= 1 << 28 } else { entry.edx &= ~(1 << 28) }  // HTT
-                if softwareVirtualization { entry.ecx &= ~Self.softwareUnsafeLeaf1ECX }
-            case 0x7 where softwareVirtualization && entry.index == 0:
-                entry.ebx &= ~Self.softwareUnsafeLeaf7EBX
             case 0x4:
                 guard entry.eax & 0x1F != 0 else { break }  // no cache at this subleaf
                 let level = (entry.eax >> 5) & 0x7

@@ -123,20 +123,84 @@ import X86
 }
 
 @Suite struct SoftwareVirtualizationPolicyTests {
-    @Test func withholdsWhatTheEmulatorCannotRun() throws {
-        let supported = [
-            CPUIDEntry(function: 1, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
-            CPUIDEntry(function: 7, index: 0, flags: 1, ebx: 0xFFFF_FFFF),
-            CPUIDEntry(function: 0xD, index: 0, flags: 1, eax: 7),
-        ]
-        let entries = CPUIDPolicy(supported: supported, vcpuCount: 1, softwareVirtualization: true).entries(forVCPU: 0)
-        let leaf1 = try #require(entries.first { $0.function == 1 })
-        #expect(leaf1.ecx & (1 << 13) == 0)  // CMPXCHG16B
-        #expect(leaf1.ecx & (1 << 26) == 0)  // XSAVE
-        let leaf7 = try #require(entries.first { $0.function == 7 })
-        #expect(leaf7.ebx & (1 << 5) == 0)  // AVX2
+    /// A host that reports every feature bit in the leaves the policy edits.
+    let everything = [
+        CPUIDEntry(function: 1, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
+        CPUIDEntry(function: 7, index: 0, flags: 1, eax: 1, ebx: 0xFFFF_FFFF, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
+        CPUIDEntry(function: 7, index: 1, flags: 1, eax: 0xFFFF_FFFF),
+        CPUIDEntry(function: 0xD, index: 0, flags: 1, eax: 7),
+        CPUIDEntry(function: 0x8000_0001, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
+    ]
+
+    func feature(_ name: String) throws -> CPUFeature {
+        try #require(SoftwareVirtualization.withheldFeatures.first { $0.name == name })
+    }
+
+    @Test func softwareHostsSeeNoneOfTheWithheldFeatures() {
+        let entries = CPUIDPolicy(supported: everything, vcpuCount: 1, softwareVirtualization: true).entries(forVCPU: 0)
+        for feature in SoftwareVirtualization.withheldFeatures {
+            #expect(!entries.contains { $0.reports(feature) }, "\(feature) still reported")
+        }
         #expect(!entries.contains { $0.function == 0xD })
-        let hardware = CPUIDPolicy(supported: supported, vcpuCount: 1).entries(forVCPU: 0)
-        #expect(hardware.first { $0.function == 1 }!.ecx & (1 << 26) != 0)
+    }
+
+    @Test(arguments: ["pni", "ssse3", "sse4_1", "sse4_2", "aes", "pclmulqdq", "sha_ni", "avx", "avx2", "avx512f", "vaes",
+                      "vpclmulqdq", "gfni", "f16c", "fma", "popcnt", "bmi2", "cx16", "xsave"])
+    func simdBeyondSSE2IsWithheld(name: String) throws {
+        let withheld = try feature(name)
+        let entries = CPUIDPolicy(supported: everything, vcpuCount: 1, softwareVirtualization: true).entries(forVCPU: 0)
+        #expect(!entries.contains { $0.reports(withheld) })
+    }
+
+    @Test func keepsWhatTheEmulatorRuns() throws {
+        let entries = CPUIDPolicy(supported: everything, vcpuCount: 1, softwareVirtualization: true).entries(forVCPU: 0)
+        let kept = [
+            CPUFeature("sse2", leaf: 1, .edx, bit: 26), CPUFeature("fxsr", leaf: 1, .edx, bit: 24),
+            CPUFeature("x2apic", leaf: 1, .ecx, bit: 21), CPUFeature("tsc_deadline_timer", leaf: 1, .ecx, bit: 24),
+            CPUFeature("rdrand", leaf: 1, .ecx, bit: 30), CPUFeature("fsgsbase", leaf: 7, .ebx, bit: 0),
+            CPUFeature("smep", leaf: 7, .ebx, bit: 7), CPUFeature("erms", leaf: 7, .ebx, bit: 9),
+            CPUFeature("rdseed", leaf: 7, .ebx, bit: 18), CPUFeature("lm", leaf: 0x8000_0001, .edx, bit: 29),
+        ]
+        for feature in kept {
+            #expect(entries.contains { $0.reports(feature) }, "\(feature) withheld")
+        }
+    }
+
+    @Test func hardwareHostsKeepEveryFeature() {
+        let entries = CPUIDPolicy(supported: everything, vcpuCount: 1).entries(forVCPU: 0)
+        for feature in SoftwareVirtualization.withheldFeatures {
+            #expect(entries.contains { $0.reports(feature) }, "\(feature) withheld on a hardware host")
+        }
+        #expect(entries.contains { $0.function == 0xD })
+    }
+
+    @Test func linuxNumbersFollowTheCapabilityWords() throws {
+        #expect(try feature("ssse3").linuxNumber == 4 * 32 + 9)
+        #expect(try feature("popcnt").linuxNumber == 4 * 32 + 23)
+        #expect(try feature("sha_ni").linuxNumber == 9 * 32 + 29)
+        #expect(try feature("gfni").linuxNumber == 16 * 32 + 8)
+        #expect(try feature("avx512_fp16").linuxNumber == 18 * 32 + 23)
+        #expect(try feature("avx_vnni").linuxNumber == 12 * 32 + 4)
+        #expect(try feature("sse4a").linuxNumber == 6 * 32 + 6)
+        #expect(try feature("rdtscp").linuxNumber == 1 * 32 + 27)
+        #expect(CPUFeature("sse2", leaf: 1, .edx, bit: 26).linuxNumber == 26)
+        #expect(CPUFeature("xsaveopt", leaf: 0xD, subleaf: 1, .eax, bit: 0).linuxNumber == nil)
+    }
+
+    @Test func linuxParametersClearWhatLinuxDoesNotDropWithXSAVE() throws {
+        let parameters = SoftwareVirtualization.linuxParameters
+        // Linux hands bare words it does not know (noxsave) to init as arguments, which tern-init would run.
+        #expect(parameters.allSatisfy { $0.contains("=") })
+        let clear = try #require(parameters.first { $0.hasPrefix("clearcpuid=") })
+        let value = clear.dropFirst("clearcpuid=".count)
+        #expect(value.count <= 127, "Linux reads 127 characters of clearcpuid=")
+        let numbers = Set(value.split(separator: ",").compactMap { Int($0) })
+        for feature in SoftwareVirtualization.withheldFeatures {
+            let number = try #require(feature.linuxNumber, "\(feature) has no Linux number")
+            // Linux drops what needs XSAVE state itself once XSAVE is cleared; everything else must be named.
+            #expect(numbers.contains(number) != feature.needsExtendedState, "\(feature)")
+        }
+        #expect(numbers.contains(4 * 32 + 26))  // xsave
+        #expect(numbers.contains(4 * 32 + 9))  // ssse3: the blake2s code that stopped the stock kernel
     }
 }
