@@ -338,8 +338,9 @@ private func temporaryPath(_ name: String) -> String {
     @Test func threadsAreNamedByRoleAndTheNameShowsInStatusAndLogs() throws {
         let (process, socket, disk) = try Self.startWaitingGuest(extra: ["--cpus", "2", "--name", "web-1", "-v"])
         defer { _ = unlinkFile(disk) }
-        var names: [String] = []
-        if let directory = opendir("/proc/\(process.pid)/task") {
+        func threadNames() -> [String] {
+            var names: [String] = []
+            guard let directory = opendir("/proc/\(process.pid)/task") else { return names }
             while let entry = readdir(directory) {
                 let task = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
                 let descriptor = open("/proc/\(process.pid)/task/\(task)/comm", O_RDONLY)
@@ -350,8 +351,16 @@ private func temporaryPath(_ name: String) -> String {
                 if count > 0 { names.append(String(decoding: buffer[..<count].prefix { $0 != 0x0A }, as: UTF8.self)) }
             }
             closedir(directory)
+            return names
         }
-        for role in ["vcpu0", "vcpu1", "io-blk0", "io-console", "control", "signals"] {
+        let roles = ["vcpu0", "vcpu1", "io-blk0", "io-console", "control", "signals"]
+        // The control socket answers before every thread has started and named itself: wait up to 10 s for them.
+        var names = threadNames()
+        for _ in 0..<100 where !roles.allSatisfy(names.contains) {
+            usleep(100_000)
+            names = threadNames()
+        }
+        for role in roles {
             #expect(names.contains(role), "no thread named \(role) among \(names)")
         }
         let status = ControlClient.send(ControlRequest(command: "status"), to: socket)
