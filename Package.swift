@@ -69,6 +69,7 @@ let package = Package(
             name: "VMM",
             dependencies: [
                 "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "PCI", "Virtio", "VirtioMMIO", "VirtioPCI", "VirtioDevices", "NetBackends", "Qcow2",
+                "Firmware",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -2,6 +2,7 @@ import ACPI
 import BootLoader
 import CKVM
 import Devices
+import Firmware
 import Glibc
 import GuestMemory
 import KVM
@@ -45,7 +46,8 @@ public final class Machine: Sendable {
 
     public let config: VMConfig
     public let memory: GuestMemory
-    public let plan: BootPlan
+    /// How the kernel was loaded; nil when the guest starts from firmware.
+    public let plan: BootPlan?
     /// The kernel command line the guest received.
     public let commandLine: String
     let vm: VirtualMachine
@@ -64,6 +66,8 @@ public final class Machine: Sendable {
     let balloon: Balloon?
     /// The virtio-console's transport, when the guest has one; it takes host input instead of the UART.
     let consoleTransport: (any VirtioTransport)?
+    /// The firmware image and its devices, when the guest starts from firmware.
+    let firmwareBoot: FirmwareBoot?
 
     /// Builds the VM. `console` overrides where guest console output goes (by default, `config.console`).
     public init(config: VMConfig, console: (any ConsoleOutput)? = nil, logger: Logger = Logger(label: "tern")) throws(MachineError) {
@@ -213,30 +217,33 @@ public final class Machine: Sendable {
             (pciBridge, pciPorts, transports) = (attached.bridge, attached.ports, attached.transports)
         }
         consoleTransport = zip(specs, transports).first { $0.0.takesConsoleInput }?.1
-        mmioBus = mmio
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
         // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.
         var parameters = virtioSlots.map { "virtio_mmio.device=\($0.size)@0x\(String($0.base, radix: 16)):\($0.gsi)" }
         if software { parameters.append("noxsave") }
         commandLine = config.kernelCommandLine(adding: parameters)
 
-        let firmware: ACPITableSet
-        do {
-            firmware = try ACPIBuilder.build(PlatformDescription(vcpuCount: config.cpus, virtioMMIO: virtioSlots,
-                                                                 pciHostBridge: pciBridge), at: Self.acpiBase)
-            try memory.write(firmware.blob, at: firmware.baseAddress)
-            try memory.write(MPTable.build(vcpuCount: config.cpus, at: Self.mpTableBase), at: Self.mpTableBase)
-        } catch {
-            throw MachineError("firmware tables: \(error)")
-        }
+        let platform = PlatformDescription(vcpuCount: config.cpus, virtioMMIO: virtioSlots, pciHostBridge: pciBridge)
+        if let kernel = config.kernel {
+            let firmware: ACPITableSet
+            do {
+                firmware = try ACPIBuilder.build(platform, at: Self.acpiBase)
+                try memory.write(firmware.blob, at: firmware.baseAddress)
+                try memory.write(MPTable.build(vcpuCount: config.cpus, at: Self.mpTableBase), at: Self.mpTableBase)
+            } catch {
+                throw MachineError("firmware tables: \(error)")
+            }
 
-        do {
-            plan = try KernelLoader.load(kernelPath: config.kernel, initrdPath: config.initrd,
-                                         commandLine: commandLine, into: memory, memoryIsZeroed: true,
-                                         rsdpAddress: firmware.rsdpAddress,
-                                         decompression: config.kernelDecompression)
-        } catch {
-            throw MachineError(error.description)
+            do {
+                plan = try KernelLoader.load(kernelPath: kernel, initrdPath: config.initrd,
+                                             commandLine: commandLine, into: memory, memoryIsZeroed: true,
+                                             rsdpAddress: firmware.rsdpAddress,
+                                             decompression: config.kernelDecompression)
+            } catch {
+                throw MachineError(error.description)
+            }
+        } else {
+            plan = nil
         }
 
         serial = Serial16550(output: output, interrupt: KVMInterruptLine(vm: vm, gsi: Serial16550.com1IRQ))
@@ -249,12 +256,23 @@ public final class Machine: Sendable {
             try ports.register(I8042(onReset: { control.stop(.reset) }), base: I8042.dataPort, length: I8042.portSpan)
             try ports.register(DebugExit(onExit: { control.stop(.guestExit($0)) }), base: DebugExit.port, length: 1)
             let highMemory = memory.regions.dropFirst().reduce(UInt64(0)) { $0 + $1.size }
-            try ports.register(CMOSRTC(memoryBelow4GiB: memory.size - highMemory, memoryAbove4GiB: highMemory),
+            try ports.register(CMOSRTC(memoryBelow4GiB: memory.size - highMemory, memoryAbove4GiB: highMemory,
+                                       bootOrder: config.disks.isEmpty ? [] : [.disk]),
                                base: CMOSRTC.port, length: CMOSRTC.portSpan)
         } catch {
             throw MachineError("device layout: \(error)")
         }
+        if let setting = config.firmware {
+            // Disks come first among the virtio-pci functions, from slot 1.
+            let bootDisks = config.virtioTransport == .pci ? config.disks.indices.map { UInt8($0 + 1) } : []
+            firmwareBoot = try FirmwareBoot.attach(setting, memory: memory, vm: vm, slot: UInt32(memory.regions.count),
+                                                   platform: platform, bootDisks: bootDisks, ports: &ports, mmio: &mmio,
+                                                   onReset: { control.stop(.reset) }, logger: logger)
+        } else {
+            firmwareBoot = nil
+        }
         portBus = ports
+        mmioBus = mmio
     }
 
     /// Hands bytes typed on the host to the guest's console: the virtio-console when there is one, else COM1.

@@ -11,8 +11,10 @@ public enum VirtioTransportKind: String, Codable, Sendable, CaseIterable {
 
 /// Everything needed to start a VM. `tern run` builds it from flags or from JSON (the schema the API uses).
 public struct VMConfig: Equatable, Sendable, Codable {
-    /// Guest kernel: an ELF64 image, booted through PVH when it carries the PVH note.
-    public var kernel: String
+    /// Guest kernel: an ELF64 image, booted through PVH when it carries the PVH note. Nil with `firmware`.
+    public var kernel: String?
+    /// Firmware to start the guest from, at the reset vector, instead of a kernel.
+    public var firmware: FirmwareSetting?
     /// Optional initial ramdisk.
     public var initrd: String?
     /// Kernel command line; empty means `defaultCommandLine`.
@@ -68,13 +70,14 @@ public struct VMConfig: Equatable, Sendable, Codable {
     /// Most vCPUs a guest may have.
     public static let maximumCPUs = 255
 
-    public init(kernel: String, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
+    public init(kernel: String?, firmware: FirmwareSetting? = nil, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
                 kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = [],
                 virtioConsole: Bool = false, virtioTransport: VirtioTransportKind = .pci, nets: [NetSetting] = [],
                 vsock: VsockSetting? = nil, balloon: BalloonSetting? = nil, apiSocket: String? = nil) {
         self.kernel = kernel
+        self.firmware = firmware
         self.initrd = initrd
         self.cmdline = cmdline
         self.memory = memory
@@ -97,7 +100,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets, vsock, balloon
+        case kernel, firmware, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets, vsock, balloon
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
         case virtioConsole = "virtio_console", virtioTransport = "virtio_transport", apiSocket = "api_socket"
     }
@@ -116,7 +119,8 @@ public struct VMConfig: Equatable, Sendable, Codable {
         }
         let container = try decoder.container(keyedBy: CodingKeys.self)
         self.init(
-            kernel: try container.decode(String.self, forKey: .kernel),
+            kernel: try container.decodeIfPresent(String.self, forKey: .kernel),
+            firmware: try container.decodeIfPresent(FirmwareSetting.self, forKey: .firmware),
             initrd: try container.decodeIfPresent(String.self, forKey: .initrd),
             cmdline: try container.decodeIfPresent(String.self, forKey: .cmdline) ?? "",
             memory: try container.decodeIfPresent(MemorySize.self, forKey: .memory) ?? Self.defaultMemory,
@@ -162,6 +166,11 @@ public struct VMConfig: Equatable, Sendable, Codable {
 
     /// Checks the settings that do not depend on the host.
     public func validate() throws(ConfigError) {
+        switch (kernel, firmware) {
+        case (nil, nil): throw ConfigError("nothing to boot; give a kernel or firmware")
+        case (.some, .some): throw ConfigError("give a kernel or firmware, not both: Tern does not load kernels through firmware")
+        default: break
+        }
         guard (1...Self.maximumCPUs).contains(cpus) else {
             throw ConfigError("--cpus \(cpus) is out of range; give 1 to \(Self.maximumCPUs)")
         }

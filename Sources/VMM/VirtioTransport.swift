@@ -211,6 +211,9 @@ extension Machine {
             try bus.register(PCIECAM(root: root), base: PCIMemoryMap.ecamBase, length: PCIMemoryMap.ecamSize)
             try bus.register(PCIMemoryWindow(root: root, base: window.lowerBound), base: window.lowerBound,
                              length: UInt64(window.count))
+            let firmwareWindow = PCIMemoryMap.firmwareMMIO32
+            try bus.register(PCIMemoryWindow(root: root, base: firmwareWindow.lowerBound), base: firmwareWindow.lowerBound,
+                             length: UInt64(firmwareWindow.count))
         } catch {
             throw MachineError("PCI layout: \(error)")
         }

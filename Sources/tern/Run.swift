@@ -21,6 +21,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("The guest kernel: an ELF64 image, booted through PVH when it has the PVH note.", valueName: "file"))
     var kernel: String?
 
+    @Option(help: ArgumentHelp("Start from firmware at the reset vector instead of a kernel: seabios (Debian's SeaBIOS) or an image file, optionally with ,log=FILE for the firmware's debug output.", valueName: "image"))
+    var firmware: String?
+
     @Option(help: ArgumentHelp("An initial ramdisk to pass to the kernel.", valueName: "file"))
     var initrd: String?
 
@@ -98,10 +101,13 @@ struct Run: ParsableCommand {
         if let config {
             settings = try VMConfig.decode(json: try readFile(config), source: config)
         } else {
-            guard let kernel else { throw ConfigError("no kernel given; pass --kernel FILE or --config FILE") }
+            guard kernel != nil || firmware != nil else {
+                throw ConfigError("no kernel given; pass --kernel FILE, --firmware seabios or --config FILE")
+            }
             settings = VMConfig(kernel: kernel)
         }
         if let kernel { settings.kernel = kernel }
+        if let firmware { settings.firmware = try FirmwareSetting(parsing: firmware) }
         if let initrd { settings.initrd = initrd }
         if let cmdline { settings.cmdline = cmdline }
         if let memory { settings.memory = try MemorySize(parsing: memory) }
