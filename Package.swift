@@ -63,7 +63,7 @@ let package = Package(
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "Devices"]),
         // Firmware boot: the fw_cfg device and what it serves SeaBIOS (e820, SMBIOS, ACPI through the table loader).
         .target(name: "Firmware", dependencies: ["ACPI", "Devices", "GuestMemory"]),
-        .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory"]),
+        .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory", "TestSupport"]),
         // Assembles a machine from the layers above and runs it.
         .target(
             name: "VMM",
@@ -94,7 +94,7 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM", "Decompression", "CZlib", "CZstd", "CLzma", "CLz4",
-                           "TestSupport"]
+                           "TestSupport", "Firmware"]
         ),
         .testTarget(name: "Qcow2Tests", dependencies: ["Qcow2", "TestSupport"]),
         // What every test target shares: driver-side ring writers, recording interrupt sinks, a seeded
