@@ -61,6 +61,9 @@ let package = Package(
         // Firmware tables: ACPI (RSDP, XSDT, FADT, MADT, MCFG, DSDT with an AML builder) and the MP table. Stdlib only.
         .target(name: "ACPI"),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "Devices"]),
+        // AHCI (ICH9) SATA controller: ATA disks and ATAPI CD-ROMs over block backends, guest DMA checked.
+        .target(name: "AHCI", dependencies: ["PCI", "Devices", "GuestMemory", "Qcow2"]),
+        .testTarget(name: "AHCITests", dependencies: ["AHCI", "PCI", "Devices", "GuestMemory", "Qcow2", "TestSupport"]),
         // Firmware boot: the fw_cfg device and what it serves SeaBIOS (e820, SMBIOS, ACPI through the table loader).
         .target(name: "Firmware", dependencies: ["ACPI", "Devices", "GuestMemory"]),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory", "TestSupport"]),
@@ -69,7 +72,7 @@ let package = Package(
             name: "VMM",
             dependencies: [
                 "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "PCI", "Virtio", "VirtioMMIO", "VirtioPCI", "VirtioDevices", "NetBackends", "Qcow2",
-                "Firmware",
+                "Firmware", "AHCI",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -1,7 +1,7 @@
 /* A boot sector that checks the BIOS services a PC boot loader relies on, then reports through the debug-exit
  * port 0x501. Loaded by firmware at 0000:7C00 in real mode with DL = boot drive. It:
- *   - prints a line through int 10h (teletype; with SeaBIOS's serial console it reaches COM1 too),
  *   - prints a line straight to COM1 (port 0x3F8),
+ *   - prints a line through int 10h (teletype; with SeaBIOS's serial console it reaches COM1 too),
  *   - reads LBA 1 through int 13h (extended read, AH=42h) and checks the marker there,
  *   - reads the memory map through int 15h E820 and checks that it has RAM at 0 and above 1 MiB,
  * and writes 0x20 | checks to port 0x501: bit 0 the read succeeded, bit 1 the marker matched, bit 2 the map is
@@ -30,10 +30,12 @@ main:
         movb    $0x20, status
         movb    $0, e820_seen
 
-        movw    $msg_int10, %si
-        call    print_bios
+        /* COM1 first: SeaBIOS's serial console holds back the last character it was given until more output
+         * follows, so a direct write after int 10h output could land inside it. */
         movw    $msg_com1, %si
         call    print_com1
+        movw    $msg_int10, %si
+        call    print_bios
 
         /* int 13h AH=42h: read 1 sector at LBA 1 into 0000:8000 */
         movw    $0x8000, %di

@@ -20,12 +20,28 @@ struct FirmwareBoot {
     /// The I/O port of COM1, where the firmware mirrors its text screen.
     static let serialConsolePort: UInt16 = 0x3F8
 
+    /// The firmware paths (SeaBIOS's form) of `disks` in the order given: virtio-blk disks come first among the
+    /// virtio-pci functions, from slot 1; AHCI drives sit on ports 0 up of the controller in `ahciSlot`.
+    static func bootOrder(_ disks: [DiskSetting], ahciSlot: Int) -> [String] {
+        var virtio = 0
+        var port = 0
+        return disks.map { disk in
+            switch disk.interface {
+            case .virtio:
+                virtio += 1
+                return "/pci@i0cf8/*@\(String(virtio, radix: 16))"
+            case .ahci:
+                port += 1
+                return "/pci@i0cf8/*@\(String(ahciSlot, radix: 16))/drive@\(port - 1)/disk@0"
+            }
+        }
+    }
+
     /// Loads the image, maps it and puts fw_cfg and the firmware's ports on `ports`; writes to the image exit
-    /// through `mmio`. `slot` is the first memory slot after RAM's. `bootDisks` lists, in boot order, the PCI slots
-    /// of the disks.
+    /// through `mmio`. `slot` is the first memory slot after RAM's. `bootOrder` lists the boot devices' paths.
     static func attach(
         _ setting: FirmwareSetting, memory: GuestMemory, vm: VirtualMachine, slot: UInt32, platform: PlatformDescription,
-        bootDisks: [UInt8], ports: inout Bus, mmio: inout Bus, onReset: @escaping @Sendable () -> Void, logger: Logger
+        bootOrder: [String], ports: inout Bus, mmio: inout Bus, onReset: @escaping @Sendable () -> Void, logger: Logger
     ) throws(MachineError) -> FirmwareBoot {
         let image: FirmwareImage
         do {
@@ -50,7 +66,7 @@ struct FirmwareBoot {
         do {
             items = try FirmwareConfigItems.seaBIOS(FirmwarePlatform(
                 memoryMap: map, vcpuCount: platform.vcpuCount, acpi: try ACPIBuilder.build(platform, at: 0),
-                bootOrder: bootDisks.map { "/pci@i0cf8/*@\(String($0, radix: 16))" }, serialConsolePort: serialConsolePort))
+                bootOrder: bootOrder, serialConsolePort: serialConsolePort))
         } catch {
             throw MachineError("firmware tables: \(error)")
         }

@@ -1,4 +1,5 @@
 import ACPI
+import AHCI
 import BootLoader
 import CKVM
 import Devices
@@ -143,6 +144,7 @@ public final class Machine: Sendable {
         let memory = memory
         var specs: [VirtioDeviceSpec] = []
         var backends: [any BlockBackend] = []
+        var ahciDrives: [DriveConfiguration] = []
         for (index, disk) in config.disks.enumerated() {
             let backend: any BlockBackend
             do {
@@ -153,6 +155,11 @@ public final class Machine: Sendable {
             }
             backends.append(backend)
             let serial = disk.serial ?? "tern-disk\(index)"
+            if disk.interface == .ahci {
+                ahciDrives.append(DriveConfiguration(media: disk.media == .cdrom ? .cdrom : .disk, backend: backend,
+                                                     readOnly: disk.readOnly, serial: serial))
+                continue
+            }
             specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)") { _ in
                 // O_DIRECT requests wait on the medium: keep the guest's queue depth in flight there.
                 Block(memory: memory, backend: backend, readOnly: disk.readOnly, serial: serial,
@@ -210,10 +217,13 @@ public final class Machine: Sendable {
         ioThreads = try specs.map { _ throws(MachineError) in try IOThread() }
         switch config.virtioTransport {
         case .mmio:
+            guard ahciDrives.isEmpty else { throw MachineError("AHCI disks need --virtio-transport pci") }
             (virtioSlots, transports) = try Self.attachMMIO(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads,
                                                            logger: logger)
         case .pci:
-            let attached = try Self.attachPCI(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads, logger: logger)
+            let functions = try Self.ahciFunction(ahciDrives, memory: memory, logger: logger)
+            let attached = try Self.attachPCI(specs, functions: functions, memory: memory, vm: vm, bus: &mmio,
+                                              ioThreads: ioThreads, logger: logger)
             (pciBridge, pciPorts, transports) = (attached.bridge, attached.ports, attached.transports)
         }
         consoleTransport = zip(specs, transports).first { $0.0.takesConsoleInput }?.1
@@ -257,16 +267,16 @@ public final class Machine: Sendable {
             try ports.register(DebugExit(onExit: { control.stop(.guestExit($0)) }), base: DebugExit.port, length: 1)
             let highMemory = memory.regions.dropFirst().reduce(UInt64(0)) { $0 + $1.size }
             try ports.register(CMOSRTC(memoryBelow4GiB: memory.size - highMemory, memoryAbove4GiB: highMemory,
-                                       bootOrder: config.disks.isEmpty ? [] : [.disk]),
+                                       bootOrder: config.disks.map { $0.media == .cdrom ? .cdrom : .disk }),
                                base: CMOSRTC.port, length: CMOSRTC.portSpan)
         } catch {
             throw MachineError("device layout: \(error)")
         }
         if let setting = config.firmware {
-            // Disks come first among the virtio-pci functions, from slot 1.
-            let bootDisks = config.virtioTransport == .pci ? config.disks.indices.map { UInt8($0 + 1) } : []
             firmwareBoot = try FirmwareBoot.attach(setting, memory: memory, vm: vm, slot: UInt32(memory.regions.count),
-                                                   platform: platform, bootDisks: bootDisks, ports: &ports, mmio: &mmio,
+                                                   platform: platform,
+                                                   bootOrder: FirmwareBoot.bootOrder(config.disks, ahciSlot: specs.count + 1),
+                                                   ports: &ports, mmio: &mmio,
                                                    onReset: { control.stop(.reset) }, logger: logger)
         } else {
             firmwareBoot = nil

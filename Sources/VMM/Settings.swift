@@ -198,11 +198,21 @@ extension String {
     }
 }
 
-/// A disk given to the guest as a virtio-blk device:
-/// `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none]`.
+/// A disk given to the guest as a virtio-blk device or on the AHCI controller:
+/// `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,interface=virtio|ahci][,media=disk|cdrom]`.
 public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible {
     public enum Format: String, Equatable, Sendable {
         case raw, qcow2
+    }
+
+    /// The controller the disk sits on.
+    public enum Interface: String, Equatable, Sendable {
+        case virtio, ahci
+    }
+
+    /// What the drive is: a disk, or a read-only ATAPI CD-ROM (AHCI only).
+    public enum Media: String, Equatable, Sendable {
+        case disk, cdrom
     }
 
     public var path: String
@@ -214,14 +224,18 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
     /// Whether the image goes through the host page cache (`writeback`, the default) or around it with
     /// O_DIRECT (`none`). Guest flushes are made durable with fdatasync either way.
     public var cache: CacheMode
+    public var interface: Interface
+    public var media: Media
 
     public init(path: String, readOnly: Bool = false, format: Format? = nil, serial: String? = nil,
-                cache: CacheMode = .writeback) {
+                cache: CacheMode = .writeback, interface: Interface = .virtio, media: Media = .disk) {
         self.path = path
-        self.readOnly = readOnly
+        self.readOnly = readOnly || media == .cdrom
         self.format = format
         self.serial = serial
         self.cache = cache
+        self.interface = interface
+        self.media = media
     }
 
     public init(parsing text: String) throws(ConfigError) {
@@ -230,6 +244,8 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         var format: Format?
         var serial: String?
         var cache = CacheMode.writeback
+        var interface = Interface.virtio
+        var media = Media.disk
         for option in text.split(separator: ",", omittingEmptySubsequences: false) {
             let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[1].isEmpty else {
@@ -252,12 +268,19 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
                     throw ConfigError("disk '\(text)': cache '\(value)' is not writeback (page cache) or none (O_DIRECT)")
                 }
                 cache = mode
+            case "interface":
+                guard let known = Interface(rawValue: value) else { throw ConfigError("disk '\(text)': interface '\(value)' is not virtio or ahci") }
+                interface = known
+            case "media":
+                guard let known = Media(rawValue: value) else { throw ConfigError("disk '\(text)': media '\(value)' is not disk or cdrom") }
+                media = known
             default:
-                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial or cache")
+                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial, cache, interface or media")
             }
         }
         guard let path else { throw ConfigError("disk '\(text)' has no path=FILE") }
-        self.init(path: path, readOnly: readOnly, format: format, serial: serial, cache: cache)
+        guard media == .disk || interface == .ahci else { throw ConfigError("disk '\(text)': a CD-ROM needs interface=ahci") }
+        self.init(path: path, readOnly: readOnly, format: format, serial: serial, cache: cache, interface: interface, media: media)
     }
 
     public init(from decoder: any Decoder) throws {
@@ -275,6 +298,8 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         if let format { text += ",format=\(format.rawValue)" }
         if let serial { text += ",serial=\(serial)" }
         if cache != .writeback { text += ",cache=\(cache.rawValue)" }
+        if interface != .virtio { text += ",interface=\(interface.rawValue)" }
+        if media != .disk { text += ",media=\(media.rawValue)" }
         return text
     }
 }

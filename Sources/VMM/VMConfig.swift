@@ -118,6 +118,9 @@ public struct VMConfig: Equatable, Sendable, Codable {
             throw ConfigError("unknown setting '\(key.stringValue)'; known settings are \(CodingKeys.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         let container = try decoder.container(keyedBy: CodingKeys.self)
+        guard container.contains(.kernel) || container.contains(.firmware) else {
+            throw ConfigError("missing required setting 'kernel' (or 'firmware')")
+        }
         self.init(
             kernel: try container.decodeIfPresent(String.self, forKey: .kernel),
             firmware: try container.decodeIfPresent(FirmwareSetting.self, forKey: .firmware),

@@ -51,8 +51,11 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("kernel-decompression"), help: ArgumentHelp("For a bzImage: 'host' (default) unpacks the kernel here and boots it through PVH, skipping the guest's own decompressor; 'guest' boots the bzImage as is.", valueName: "where"))
     var kernelDecompression: String?
 
-    @Option(help: ArgumentHelp("A disk for the guest as virtio-blk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]. Repeatable.", valueName: "spec"))
+    @Option(help: ArgumentHelp("A disk for the guest, virtio-blk unless interface=ahci: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,interface=virtio|ahci][,media=disk|cdrom]. Repeatable.", valueName: "spec"))
     var disk: [String] = []
+
+    @Option(help: ArgumentHelp("A CD-ROM image for the guest (read-only ATAPI on the AHCI controller); the same as --disk path=FILE,interface=ahci,media=cdrom. Repeatable.", valueName: "iso"))
+    var cdrom: [String] = []
 
     @Option(help: ArgumentHelp("A network interface as virtio-net: user[,hostfwd=tcp::2222-:22]...[,mac=MAC] (NAT through libslirp, no root needed) or tap=NAME[,mac=MAC]. Repeatable.", valueName: "spec"))
     var net: [String] = []
@@ -133,6 +136,7 @@ struct Run: ParsableCommand {
         if rng { settings.rng = true }
         if virtioConsole { settings.virtioConsole = true }
         for spec in disk { settings.disks.append(try DiskSetting(parsing: spec)) }
+        for path in cdrom { settings.disks.append(DiskSetting(path: path, interface: .ahci, media: .cdrom)) }
         for spec in net { settings.nets.append(try NetSetting.parse(spec)) }
         if let vsock { settings.vsock = try VsockSetting.parse(vsock) }
         if let balloon { settings.balloon = try BalloonSetting.parse(balloon == "on" ? "" : balloon) }

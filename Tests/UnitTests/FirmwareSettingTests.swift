@@ -1,6 +1,6 @@
 import Firmware
 import Testing
-import VMM
+@testable import VMM
 
 @Suite struct FirmwareSettingTests {
     @Test func seabiosNamesDebiansImage() throws {
@@ -23,5 +23,29 @@ import VMM
         let config = try VMConfig.decode(json: Array(#"{"firmware": "seabios,log=/tmp/l"}"#.utf8), source: "test")
         #expect(config.firmware == FirmwareSetting(log: "/tmp/l"))
         #expect(config.kernel == nil)
+    }
+}
+
+@Suite struct DiskInterfaceSettingTests {
+    @Test func interfaceAndMediaParse() throws {
+        let cdrom = try DiskSetting(parsing: "path=/x.iso,interface=ahci,media=cdrom")
+        #expect(cdrom == DiskSetting(path: "/x.iso", interface: .ahci, media: .cdrom))
+        #expect(cdrom.readOnly, "a CD-ROM is read-only")
+        #expect(try DiskSetting(parsing: cdrom.description) == cdrom)
+        #expect(try DiskSetting(parsing: "path=/d,interface=ahci").interface == .ahci)
+        #expect(try DiskSetting(parsing: "path=/d").interface == .virtio)
+    }
+
+    @Test(arguments: ["path=/x.iso,media=cdrom", "path=/d,interface=ide", "path=/d,media=tape"])
+    func badCombinationsAreRefused(text: String) {
+        #expect(throws: ConfigError.self) { try DiskSetting(parsing: text) }
+    }
+
+    @Test func bootOrderNamesFirmwarePaths() {
+        let disks = [DiskSetting(path: "a", interface: .ahci, media: .cdrom), DiskSetting(path: "b"),
+                     DiskSetting(path: "c", interface: .ahci), DiskSetting(path: "d")]
+        #expect(FirmwareBoot.bootOrder(disks, ahciSlot: 3) == [
+            "/pci@i0cf8/*@3/drive@0/disk@0", "/pci@i0cf8/*@1", "/pci@i0cf8/*@3/drive@1/disk@0", "/pci@i0cf8/*@2",
+        ])
     }
 }
