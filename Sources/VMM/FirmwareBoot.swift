@@ -20,21 +20,24 @@ struct FirmwareBoot {
     /// The I/O port of COM1, where the firmware mirrors its text screen.
     static let serialConsolePort: UInt16 = 0x3F8
 
-    /// The firmware paths (SeaBIOS's form) of `disks` in the order given: virtio-blk disks come first among the
-    /// virtio-pci functions, from slot 1; AHCI drives sit on ports 0 up of the controller in `ahciSlot`.
-    static func bootOrder(_ disks: [DiskSetting], ahciSlot: Int) -> [String] {
+    /// The firmware paths (SeaBIOS's form) of `disks`, those of the kinds in `kinds` first in that order, the rest
+    /// in the order given: virtio-blk disks come first among the virtio-pci functions, from slot 1; AHCI drives sit
+    /// on ports 0 up of the controller in `ahciSlot`.
+    static func bootOrder(_ disks: [DiskSetting], ahciSlot: Int, kinds: [DiskSetting.Media] = []) -> [String] {
         var virtio = 0
         var port = 0
-        return disks.map { disk in
+        let paths = disks.map { disk in
             switch disk.interface {
             case .virtio:
                 virtio += 1
-                return "/pci@i0cf8/*@\(String(virtio, radix: 16))"
+                return (disk.media, "/pci@i0cf8/*@\(String(virtio, radix: 16))")
             case .ahci:
                 port += 1
-                return "/pci@i0cf8/*@\(String(ahciSlot, radix: 16))/drive@\(port - 1)/disk@0"
+                return (disk.media, "/pci@i0cf8/*@\(String(ahciSlot, radix: 16))/drive@\(port - 1)/disk@0")
             }
         }
+        let rank = { (media: DiskSetting.Media) in kinds.firstIndex(of: media) ?? kinds.count }
+        return paths.enumerated().sorted { (rank($0.element.0), $0.offset) < (rank($1.element.0), $1.offset) }.map(\.element.1)
     }
 
     /// Loads the image, maps it and puts fw_cfg and the firmware's ports on `ports`; writes to the image exit

@@ -267,7 +267,7 @@ public final class Machine: Sendable {
             try ports.register(DebugExit(onExit: { control.stop(.guestExit($0)) }), base: DebugExit.port, length: 1)
             let highMemory = memory.regions.dropFirst().reduce(UInt64(0)) { $0 + $1.size }
             try ports.register(CMOSRTC(memoryBelow4GiB: memory.size - highMemory, memoryAbove4GiB: highMemory,
-                                       bootOrder: config.disks.map { $0.media == .cdrom ? .cdrom : .disk }),
+                                       bootOrder: (config.firmware?.bootOrder ?? []).map { $0 == .cdrom ? .cdrom : .disk }),
                                base: CMOSRTC.port, length: CMOSRTC.portSpan)
         } catch {
             throw MachineError("device layout: \(error)")
@@ -275,7 +275,8 @@ public final class Machine: Sendable {
         if let setting = config.firmware {
             firmwareBoot = try FirmwareBoot.attach(setting, memory: memory, vm: vm, slot: UInt32(memory.regions.count),
                                                    platform: platform,
-                                                   bootOrder: FirmwareBoot.bootOrder(config.disks, ahciSlot: specs.count + 1),
+                                                   bootOrder: FirmwareBoot.bootOrder(config.disks, ahciSlot: specs.count + 1,
+                                                                                     kinds: setting.bootOrder),
                                                    ports: &ports, mmio: &mmio,
                                                    onReset: { control.stop(.reset) }, logger: logger)
         } else {

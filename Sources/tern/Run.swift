@@ -54,6 +54,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("A disk for the guest, virtio-blk unless interface=ahci: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,interface=virtio|ahci][,media=disk|cdrom]. Repeatable.", valueName: "spec"))
     var disk: [String] = []
 
+    @Option(help: ArgumentHelp("With --firmware: the drive kinds to boot first, in order, as order=cdrom,disk (default: the drives' order on the command line).", valueName: "order=KINDS"))
+    var boot: String?
+
     @Option(help: ArgumentHelp("A CD-ROM image for the guest (read-only ATAPI on the AHCI controller); the same as --disk path=FILE,interface=ahci,media=cdrom. Repeatable.", valueName: "iso"))
     var cdrom: [String] = []
 
@@ -111,6 +114,12 @@ struct Run: ParsableCommand {
         }
         if let kernel { settings.kernel = kernel }
         if let firmware { settings.firmware = try FirmwareSetting(parsing: firmware) }
+        if let boot {
+            guard boot.hasPrefix("order="), settings.firmware != nil else {
+                throw ConfigError("--boot takes order=KIND,KIND (disk, cdrom) and needs --firmware")
+            }
+            settings.firmware?.bootOrder = try FirmwareSetting.parseBootOrder(boot.dropFirst(6), separator: ",")
+        }
         if let initrd { settings.initrd = initrd }
         if let cmdline { settings.cmdline = cmdline }
         if let memory { settings.memory = try MemorySize(parsing: memory) }

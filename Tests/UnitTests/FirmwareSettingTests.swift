@@ -49,3 +49,17 @@ import Testing
         ])
     }
 }
+
+@Suite struct BootOrderSettingTests {
+    @Test func kindsGoFirstInTheirOrder() throws {
+        let disks = [DiskSetting(path: "a"), DiskSetting(path: "b", interface: .ahci, media: .cdrom), DiskSetting(path: "c")]
+        #expect(FirmwareBoot.bootOrder(disks, ahciSlot: 3, kinds: [.cdrom]) == [
+            "/pci@i0cf8/*@3/drive@0/disk@0", "/pci@i0cf8/*@1", "/pci@i0cf8/*@2",
+        ])
+        let setting = try FirmwareSetting(parsing: "seabios,boot=cdrom+disk")
+        #expect(setting.bootOrder == [.cdrom, .disk])
+        #expect(try FirmwareSetting(parsing: setting.description) == setting)
+        #expect(throws: ConfigError.self) { try FirmwareSetting(parsing: "seabios,boot=cdrom+cdrom") }
+        #expect(throws: ConfigError.self) { try FirmwareSetting(parsing: "seabios,boot=floppy") }
+    }
+}
