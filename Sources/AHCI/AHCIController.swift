@@ -165,8 +165,7 @@ public final class AHCIController: PCIDevice {
     private func runCommands(port index: Int, state: inout State) {
         let busMaster = state.config.command.contains(.busMaster)
         var failure: String?
-        let transfer = Transfer(memory: memory, regions: ScatterList(), buffer: buffer)
-        state.ports[index].run(memory: memory, busMaster: busMaster, transfer: transfer, failure: &failure)
+        state.ports[index].run(memory: memory, busMaster: busMaster, buffer: buffer, failure: &failure)
         if state.ports[index].pendingInterrupt { state.interruptStatus |= 1 << UInt32(index) }
         if let failure, !state.warned {
             state.warned = true

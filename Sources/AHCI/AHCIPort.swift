@@ -136,8 +136,9 @@ struct AHCIPort {
         return false
     }
 
-    /// Runs the issued commands in slot order. `failure` receives why the first malformed one failed.
-    mutating func run(memory: GuestMemory, busMaster: Bool, transfer: Transfer, failure: inout String?) {
+    /// Runs the issued commands in slot order, moving data through `buffer`. `failure` receives why the first
+    /// malformed one failed.
+    mutating func run(memory: GuestMemory, busMaster: Bool, buffer: UnsafeMutableRawBufferPointer, failure: inout String?) {
         guard command & Command.start != 0, !stalled else { return }
         for slot in 0..<32 where issued & (1 << UInt32(slot)) != 0 && !stalled {
             let outcome: CommandOutcome
@@ -145,7 +146,7 @@ struct AHCIPort {
             var tag = slot
             do throws(CommandError) {
                 guard busMaster else { throw .busMasterDisabled }
-                (outcome, queued, tag) = try execute(slot: slot, memory: memory, transfer: transfer)
+                (outcome, queued, tag) = try execute(slot: slot, memory: memory, buffer: buffer)
             } catch {
                 failure = error.description
                 complete(slot: slot, tag: tag, outcome: .failed(error: ATAError.aborted), queued: false, memory: memory)
@@ -177,7 +178,7 @@ struct AHCIPort {
     }
 
     /// Reads slot `slot`'s header, table and regions and runs its command.
-    private mutating func execute(slot: Int, memory: GuestMemory, transfer: Transfer)
+    private mutating func execute(slot: Int, memory: GuestMemory, buffer: UnsafeMutableRawBufferPointer)
         throws(CommandError) -> (CommandOutcome, queued: Bool, tag: Int)
     {
         let header = commandListBase &+ UInt64(slot) * 32
@@ -209,7 +210,7 @@ struct AHCIPort {
         let tag = queued ? Int(fisBytes[12] >> 3) : slot
         guard fis.isCommand else { return (.failed(error: ATAError.aborted), queued, tag) }
         let outcome = engine.execute(fis, packet: packet,
-                                     transfer: Transfer(memory: memory, regions: regions, buffer: transfer.buffer))
+                                     transfer: Transfer(memory: memory, regions: regions, buffer: buffer))
         self.engine = engine
         if case .completed(let bytes) = outcome, !queued {
             try? memory.store(UInt32(truncatingIfNeeded: bytes), at: header + 4)  // PRDBC

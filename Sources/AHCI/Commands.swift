@@ -20,8 +20,8 @@ struct CommandFIS {
 struct Transfer {
     let memory: GuestMemory
     let regions: ScatterList
-    /// The port's bounce buffer, reused across commands.
-    var buffer: UnsafeMutableRawBufferPointer
+    /// The controller's bounce buffer, reused across commands.
+    let buffer: UnsafeMutableRawBufferPointer
 
     /// Copies `bytes` to the guest (at most what the regions hold); returns the count copied.
     func dataIn(_ bytes: [UInt8]) -> Int {
