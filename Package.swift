@@ -68,14 +68,18 @@ let package = Package(
         // The live-migration stream: addresses, frames, page batches sent from and received into guest memory.
         .target(name: "Migration"),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "TestSupport"]),
+        // AHCI (ICH9) SATA controller: ATA disks and ATAPI CD-ROMs over block backends, guest DMA checked.
+        .target(name: "AHCI", dependencies: ["PCI", "Devices", "GuestMemory", "Qcow2"]),
+        .testTarget(name: "AHCITests", dependencies: ["AHCI", "PCI", "Devices", "GuestMemory", "Qcow2", "TestSupport"]),
         // Firmware boot: the fw_cfg device and what it serves SeaBIOS (e820, SMBIOS, ACPI through the table loader).
         .target(name: "Firmware", dependencies: ["ACPI", "Devices", "GuestMemory"]),
-        .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory"]),
+        .testTarget(name: "FirmwareTests", dependencies: ["Firmware", "ACPI", "Devices", "GuestMemory", "TestSupport"]),
         // Assembles a machine from the layers above and runs it.
         .target(
             name: "VMM",
             dependencies: [
                 "KVM", "GuestMemory", "Devices", "X86", "BootLoader", "ACPI", "CKVM", "PCI", "Virtio", "VirtioMMIO", "VirtioPCI", "VirtioDevices", "NetBackends", "Qcow2",
+                "Firmware", "AHCI",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -102,7 +106,7 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM", "Decompression", "CZlib", "CZstd", "CLzma", "CLz4",
-                           "TestSupport"]
+                           "TestSupport", "Firmware"]
         ),
         .testTarget(name: "Qcow2Tests", dependencies: ["Qcow2", "TestSupport"]),
         // What every test target shares: driver-side ring writers, recording interrupt sinks, a seeded

@@ -69,19 +69,41 @@ public final class CMOSRTC: BusDevice {
     private let state: Mutex<State>
     private let clock: @Sendable () -> Int64
 
+    /// A boot device class as PC firmware reads it from CMOS 0x3D and 0x38 (the codes QEMU and SeaBIOS use).
+    public enum BootDevice: UInt8, Sendable {
+        case floppy = 1
+        case disk = 2
+        case cdrom = 3
+        case network = 4
+    }
+
     /// - Parameters:
-    ///   - memoryBelow4GiB: bytes of guest RAM below 4 GiB; CMOS 0x34–0x35 report what lies above 16 MiB.
+    ///   - memoryBelow4GiB: bytes of guest RAM below 4 GiB; CMOS 0x34–0x35 report what lies above 16 MiB,
+    ///     0x17–0x18 and 0x30–0x31 the KiB above 1 MiB (at most 0xFFFF); 0x15–0x16 report 640 KiB of base memory.
     ///   - memoryAbove4GiB: bytes of guest RAM above 4 GiB; CMOS 0x5B–0x5D report it.
+    ///   - bootOrder: up to three device classes in boot priority order, in 0x3D and 0x38 (whose bit 0 also turns
+    ///     off the floppy boot-signature check).
     ///   - clock: seconds since the Unix epoch of the time the RTC shows before any guest write.
     public init(
         memoryBelow4GiB: UInt64 = 0,
         memoryAbove4GiB: UInt64 = 0,
+        bootOrder: [BootDevice] = [],
         clock: @escaping @Sendable () -> Int64 = CMOSRTC.hostClock
     ) {
         self.clock = clock
         var state = State(lastFlagSecond: clock())
         state.ram[Int(Register.a)] = 0x26  // 32.768 kHz time base, 1024 Hz rate; UIP clear
         state.ram[Int(Register.b)] = ModeBit.twentyFourHour
+        state.ram[0x15] = 0x80  // 640 KiB of base memory
+        state.ram[0x16] = 0x02
+        let above1MiB = min((memoryBelow4GiB > 1 << 20 ? memoryBelow4GiB - (1 << 20) : 0) >> 10, 0xFFFF)
+        for index in [0x17, 0x30] {
+            state.ram[index] = UInt8(truncatingIfNeeded: above1MiB)
+            state.ram[index + 1] = UInt8(truncatingIfNeeded: above1MiB >> 8)
+        }
+        let codes = bootOrder.prefix(3).map(\.rawValue) + [0, 0, 0]
+        state.ram[0x3D] = codes[0] | codes[1] << 4
+        state.ram[0x38] = codes[2] << 4 | 1
         let above16MiB = min((memoryBelow4GiB > 16 << 20 ? memoryBelow4GiB - (16 << 20) : 0) >> 16, 0xFFFF)
         state.ram[0x34] = UInt8(truncatingIfNeeded: above16MiB)
         state.ram[0x35] = UInt8(truncatingIfNeeded: above16MiB >> 8)

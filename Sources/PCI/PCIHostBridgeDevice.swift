@@ -5,12 +5,13 @@ import Synchronization
 ///
 /// It carries Red Hat's ID for QEMU's generic PCIe host bridge, 1B36:0008, rather than an Intel chipset's:
 /// no Linux driver binds to it, so no chipset quirk or AGP/GTT probe runs against a bridge that has none of
-/// that hardware, and lspci names it.
+/// that hardware, and lspci names it. Its subsystem is 1AF4:1100, as QEMU gives its devices: SeaBIOS reads it to
+/// tell that it runs on QEMU's platform and should read fw_cfg.
 public final class PCIHostBridgeDevice: PCIDevice {
     /// The bridge's identity registers.
     public static let identity = PCIIdentity(
-        vendorID: 0x1B36, deviceID: 0x0008, revision: 0, classCode: .hostBridge, subsystemVendorID: 0x1B36,
-        subsystemID: 0x0008)
+        vendorID: 0x1B36, deviceID: 0x0008, revision: 0, classCode: .hostBridge, subsystemVendorID: 0x1AF4,
+        subsystemID: 0x1100)
 
     private let space = Mutex(PCIConfigSpace(identity: PCIHostBridgeDevice.identity))
 

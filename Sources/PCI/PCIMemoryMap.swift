@@ -12,6 +12,9 @@
 public enum PCIMemoryMap {
     /// The 32-bit MMIO window the host bridge forwards to its BARs.
     public static let mmio32: ClosedRange<UInt64> = 0xC000_0000...0xDFFF_FFFF
+    /// Where firmware places BARs when it assigns them (SeaBIOS packs them downward from the IOAPIC at 0xFEC00000
+    /// when the host bridge is not an Intel chipset's); the host bridge forwards it too.
+    public static let firmwareMMIO32: ClosedRange<UInt64> = 0xE010_0000...0xFEBF_FFFF
     /// ECAM base; bus `b` starts `b * PCIECAM.busSize` above it.
     public static let ecamBase: UInt64 = 0xE000_0000
     /// ECAM bytes: bus 0 only.

@@ -1,7 +1,9 @@
 import ACPI
+import AHCI
 import BootLoader
 import CKVM
 import Devices
+import Firmware
 import Glibc
 import GuestMemory
 import KVM
@@ -45,7 +47,8 @@ public final class Machine: Sendable {
 
     public let config: VMConfig
     public let memory: GuestMemory
-    public let plan: BootPlan
+    /// How the kernel was loaded; nil when the guest starts from firmware.
+    public let plan: BootPlan?
     /// The kernel command line the guest received.
     public let commandLine: String
     let vm: VirtualMachine
@@ -66,6 +69,8 @@ public final class Machine: Sendable {
     let consoleTransport: (any VirtioTransport)?
     /// The control socket (`--api-socket`), bound and listening from the start; served while the VM runs.
     let controlServer: ControlServer?
+    /// The firmware image and its devices, when the guest starts from firmware.
+    let firmwareBoot: FirmwareBoot?
 
     /// Builds the VM. `console` overrides where guest console output goes (by default, `config.console`).
     ///
@@ -82,7 +87,10 @@ public final class Machine: Sendable {
         var logger = logger
         if let name = config.name { logger[metadataKey: "vm"] = "\(name)" }
         self.logger = logger
-        try HostFiles.check(config.kernel, label: "--kernel \(config.kernel)", accepts: .regular)
+        if let kernel = config.kernel { try HostFiles.check(kernel, label: "--kernel \(kernel)", accepts: .regular) }
+        if let firmware = config.firmware {
+            try HostFiles.check(firmware.path, label: "--firmware \(firmware.path)", accepts: .regular)
+        }
         if let initrd = config.initrd { try HostFiles.check(initrd, label: "--initrd \(initrd)", accepts: .regular) }
         if console == nil, case .file(let path) = config.console {
             try HostFiles.check(path, label: "--console file:\(path)", accepts: .output)
@@ -154,6 +162,7 @@ public final class Machine: Sendable {
         let memory = memory
         var specs: [VirtioDeviceSpec] = []
         var backends: [any BlockBackend] = []
+        var ahciDrives: [DriveConfiguration] = []
         for (index, disk) in config.disks.enumerated() {
             let backend: any BlockBackend
             do {
@@ -164,6 +173,11 @@ public final class Machine: Sendable {
             }
             backends.append(backend)
             let serial = disk.serial ?? "tern-disk\(index)"
+            if disk.interface == .ahci {
+                ahciDrives.append(DriveConfiguration(media: disk.media == .cdrom ? .cdrom : .disk, backend: backend,
+                                                     readOnly: disk.readOnly, serial: serial))
+                continue
+            }
             specs.append(VirtioDeviceSpec(name: "virtio-blk \(index)") { [logger] watcher in
                 var ring: BlockRingEngine?
                 if disk.aio == .ioUring {
@@ -233,42 +247,48 @@ public final class Machine: Sendable {
         ioThreads = try specs.map { spec throws(MachineError) in try IOThread(name: spec.threadName) }
         switch config.virtioTransport {
         case .mmio:
+            guard ahciDrives.isEmpty else { throw MachineError("AHCI disks need --virtio-transport pci") }
             (virtioSlots, transports) = try Self.attachMMIO(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads,
                                                            logger: logger)
         case .pci:
-            let attached = try Self.attachPCI(specs, memory: memory, vm: vm, bus: &mmio, ioThreads: ioThreads, logger: logger)
+            let functions = try Self.ahciFunction(ahciDrives, memory: memory, logger: logger)
+            let attached = try Self.attachPCI(specs, functions: functions, memory: memory, vm: vm, bus: &mmio,
+                                              ioThreads: ioThreads, logger: logger)
             (pciBridge, pciPorts, transports) = (attached.bridge, attached.ports, attached.transports)
         }
         consoleTransport = zip(specs, transports).first { $0.0.takesConsoleInput }?.1
-        mmioBus = mmio
         // Linux finds virtio-mmio devices through the DSDT; small guests (and kernels built with
         // VIRTIO_MMIO_CMDLINE_DEVICES) read them from the command line, the syntax QEMU's microvm uses.
         var parameters = virtioSlots.map { "virtio_mmio.device=\($0.size)@0x\(String($0.base, radix: 16)):\($0.gsi)" }
         // Linux would otherwise pick instructions and detectors such hosts cannot serve; other kernels get the
         // user's command line unchanged.
-        if software && HostFiles.isLinuxKernel(config.kernel) {
+        if software, let kernel = config.kernel, HostFiles.isLinuxKernel(kernel) {
             logger.info("adding '\(SoftwareVirtualization.linuxParameters.joined(separator: " "))' to the Linux kernel's command line")
             parameters += SoftwareVirtualization.linuxParameters
         }
         commandLine = config.kernelCommandLine(adding: parameters)
 
-        let firmware: ACPITableSet
-        do {
-            firmware = try ACPIBuilder.build(PlatformDescription(vcpuCount: config.cpus, virtioMMIO: virtioSlots,
-                                                                 pciHostBridge: pciBridge), at: Self.acpiBase)
-            try memory.write(firmware.blob, at: firmware.baseAddress)
-            try memory.write(MPTable.build(vcpuCount: config.cpus, at: Self.mpTableBase), at: Self.mpTableBase)
-        } catch {
-            throw MachineError("firmware tables: \(error)")
-        }
+        let platform = PlatformDescription(vcpuCount: config.cpus, virtioMMIO: virtioSlots, pciHostBridge: pciBridge)
+        if let kernel = config.kernel {
+            let firmware: ACPITableSet
+            do {
+                firmware = try ACPIBuilder.build(platform, at: Self.acpiBase)
+                try memory.write(firmware.blob, at: firmware.baseAddress)
+                try memory.write(MPTable.build(vcpuCount: config.cpus, at: Self.mpTableBase), at: Self.mpTableBase)
+            } catch {
+                throw MachineError("firmware tables: \(error)")
+            }
 
-        do {
-            plan = try KernelLoader.load(kernelPath: config.kernel, initrdPath: config.initrd,
-                                         commandLine: commandLine, into: memory, memoryIsZeroed: true,
-                                         rsdpAddress: firmware.rsdpAddress,
-                                         decompression: config.kernelDecompression)
-        } catch {
-            throw MachineError(error.description)
+            do {
+                plan = try KernelLoader.load(kernelPath: kernel, initrdPath: config.initrd,
+                                             commandLine: commandLine, into: memory, memoryIsZeroed: true,
+                                             rsdpAddress: firmware.rsdpAddress,
+                                             decompression: config.kernelDecompression)
+            } catch {
+                throw MachineError(error.description)
+            }
+        } else {
+            plan = nil
         }
 
         serial = Serial16550(output: output, interrupt: KVMInterruptLine(vm: vm, gsi: Serial16550.com1IRQ))
@@ -281,12 +301,24 @@ public final class Machine: Sendable {
             try ports.register(I8042(onReset: { control.stop(.reset) }), base: I8042.dataPort, length: I8042.portSpan)
             try ports.register(DebugExit(onExit: { control.stop(.guestExit($0)) }), base: DebugExit.port, length: 1)
             let highMemory = memory.regions.dropFirst().reduce(UInt64(0)) { $0 + $1.size }
-            try ports.register(CMOSRTC(memoryBelow4GiB: memory.size - highMemory, memoryAbove4GiB: highMemory),
+            try ports.register(CMOSRTC(memoryBelow4GiB: memory.size - highMemory, memoryAbove4GiB: highMemory,
+                                       bootOrder: (config.firmware?.bootOrder ?? []).map { $0 == .cdrom ? .cdrom : .disk }),
                                base: CMOSRTC.port, length: CMOSRTC.portSpan)
         } catch {
             throw MachineError("device layout: \(error)")
         }
+        if let setting = config.firmware {
+            firmwareBoot = try FirmwareBoot.attach(setting, memory: memory, vm: vm, slot: UInt32(memory.regions.count),
+                                                   platform: platform,
+                                                   bootOrder: FirmwareBoot.bootOrder(config.disks, ahciSlot: specs.count + 1,
+                                                                                     kinds: setting.bootOrder),
+                                                   ports: &ports, mmio: &mmio,
+                                                   onReset: { control.stop(.reset) }, logger: logger)
+        } else {
+            firmwareBoot = nil
+        }
         portBus = ports
+        mmioBus = mmio
     }
 
     /// Hands bytes typed on the host to the guest's console: the virtio-console when there is one, else COM1.

@@ -110,7 +110,7 @@ extension Machine {
             try vcpu.setCPUID(cpuid.entries(forVCPU: index))
             try vcpu.setMSRs(Self.bootMSRs)
             try vcpu.resetFloatingPoint()
-            if index == 0 {
+            if index == 0, let plan {
                 try vcpu.setSystemRegisters(plan.systemRegisters)
                 try vcpu.setRegisters(plan.registers)
             }

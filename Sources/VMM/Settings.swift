@@ -211,8 +211,9 @@ extension String {
     }
 }
 
-/// A disk given to the guest as a virtio-blk device:
-/// `path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,aio=io_uring|threads|sync]`.
+/// A disk given to the guest as a virtio-blk device or on the AHCI controller: `path=FILE[,readonly=on]
+/// [,format=raw|qcow2][,serial=ID][,cache=writeback|none][,aio=io_uring|threads|sync][,interface=virtio|ahci]
+/// [,media=disk|cdrom]`.
 public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible {
     public enum Format: String, Equatable, Sendable {
         case raw, qcow2
@@ -229,6 +230,16 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         case sync
     }
 
+    /// The controller the disk sits on.
+    public enum Interface: String, Equatable, Sendable {
+        case virtio, ahci
+    }
+
+    /// What the drive is: a disk, or a read-only ATAPI CD-ROM (AHCI only).
+    public enum Media: String, Equatable, Sendable {
+        case disk, cdrom
+    }
+
     public var path: String
     public var readOnly: Bool
     /// The image format; nil means detect it from the file.
@@ -240,15 +251,19 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
     public var cache: CacheMode
     /// How reads and writes reach the image.
     public var aio: AIO
+    public var interface: Interface
+    public var media: Media
 
     public init(path: String, readOnly: Bool = false, format: Format? = nil, serial: String? = nil,
-                cache: CacheMode = .writeback, aio: AIO = .ioUring) {
+                cache: CacheMode = .writeback, aio: AIO = .ioUring, interface: Interface = .virtio, media: Media = .disk) {
         self.path = path
-        self.readOnly = readOnly
+        self.readOnly = readOnly || media == .cdrom
         self.format = format
         self.serial = serial
         self.cache = cache
         self.aio = aio
+        self.interface = interface
+        self.media = media
     }
 
     public init(parsing text: String) throws(ConfigError) {
@@ -259,10 +274,12 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         var cache = CacheMode.writeback
         var seen: Set<Substring> = []
         var aio = AIO.ioUring
+        var interface = Interface.virtio
+        var media = Media.disk
         for option in text.split(separator: ",", omittingEmptySubsequences: false) {
             let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,aio=io_uring|threads|sync]")
+                throw ConfigError("disk '\(text)': '\(option)' is not key=value; write path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,aio=io_uring|threads|sync][,interface=virtio|ahci][,media=disk|cdrom]")
             }
             guard seen.insert(parts[0]).inserted else { throw ConfigError("disk '\(text)': \(parts[0]) is given twice; give it once") }
             let value = String(parts[1])
@@ -287,12 +304,21 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
                     throw ConfigError("disk '\(text)': aio '\(value)' is not io_uring, threads or sync")
                 }
                 aio = mode
+            case "interface":
+                guard let known = Interface(rawValue: value) else { throw ConfigError("disk '\(text)': interface '\(value)' is not virtio or ahci") }
+                interface = known
+            case "media":
+                guard let known = Media(rawValue: value) else { throw ConfigError("disk '\(text)': media '\(value)' is not disk or cdrom") }
+                media = known
             default:
-                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial, cache or aio")
+                throw ConfigError("disk '\(text)': unknown option '\(parts[0])'; use path, readonly, format, serial, cache, aio, interface or media")
             }
         }
         guard let path else { throw ConfigError("disk '\(text)' has no path=FILE") }
-        self.init(path: path, readOnly: readOnly, format: format, serial: serial, cache: cache, aio: aio)
+        guard media == .disk || interface == .ahci else { throw ConfigError("disk '\(text)': a CD-ROM needs interface=ahci") }
+        self.init(
+            path: path, readOnly: readOnly, format: format, serial: serial, cache: cache, aio: aio, interface: interface,
+            media: media)
     }
 
     public init(from decoder: any Decoder) throws {
@@ -311,6 +337,8 @@ public struct DiskSetting: Equatable, Sendable, Codable, CustomStringConvertible
         if let serial { text += ",serial=\(serial)" }
         if cache != .writeback { text += ",cache=\(cache.rawValue)" }
         if aio != .ioUring { text += ",aio=\(aio.rawValue)" }
+        if interface != .virtio { text += ",interface=\(interface.rawValue)" }
+        if media != .disk { text += ",media=\(media.rawValue)" }
         return text
     }
 }

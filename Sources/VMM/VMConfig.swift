@@ -27,8 +27,10 @@ public enum SettingNames: Sendable {
 public struct VMConfig: Equatable, Sendable, Codable {
     /// The VM's name, shown in log lines and by the control socket's `status`.
     public var name: String?
-    /// Guest kernel: an ELF64 image, booted through PVH when it carries the PVH note.
-    public var kernel: String
+    /// Guest kernel: an ELF64 image, booted through PVH when it carries the PVH note. Nil with `firmware`.
+    public var kernel: String?
+    /// Firmware to start the guest from, at the reset vector, instead of a kernel.
+    public var firmware: FirmwareSetting?
     /// Optional initial ramdisk.
     public var initrd: String?
     /// Kernel command line; empty means `defaultCommandLine`.
@@ -86,7 +88,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     /// Most vCPUs a guest may have.
     public static let maximumCPUs = 255
 
-    public init(kernel: String, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
+    public init(kernel: String?, firmware: FirmwareSetting? = nil, initrd: String? = nil, cmdline: String = "", memory: MemorySize = VMConfig.defaultMemory,
                 cpus: Int = 1, pin: PinList? = nil, vmmPin: CPUSet? = nil, console: ConsoleSetting = .stdio,
                 kvmDevice: String = "/dev/kvm", mergeable: Bool = false, hugePages: Bool = false,
                 kernelDecompression: KernelDecompression = .host, rng: Bool = false, disks: [DiskSetting] = [],
@@ -94,6 +96,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
                 vsock: VsockSetting? = nil, balloon: BalloonSetting? = nil, apiSocket: String? = nil, name: String? = nil) {
         self.name = name
         self.kernel = kernel
+        self.firmware = firmware
         self.initrd = initrd
         self.cmdline = cmdline
         self.memory = memory
@@ -116,7 +119,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, kernel, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets, vsock, balloon
+        case name, kernel, firmware, initrd, cmdline, memory, cpus, pin, console, mergeable, rng, disks, nets, vsock, balloon
         case vmmPin = "vmm_pin", kvmDevice = "kvm_device", hugePages = "huge_pages", kernelDecompression = "kernel_decompression"
         case virtioConsole = "virtio_console", virtioTransport = "virtio_transport", apiSocket = "api_socket"
     }
@@ -134,8 +137,12 @@ public struct VMConfig: Equatable, Sendable, Codable {
             throw ConfigError("unknown setting '\(key.stringValue)'; known settings are \(CodingKeys.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         let container = try decoder.container(keyedBy: CodingKeys.self)
+        guard container.contains(.kernel) || container.contains(.firmware) else {
+            throw ConfigError("missing required setting 'kernel' (or 'firmware')")
+        }
         self.init(
-            kernel: try container.requiredSetting(String.self, .kernel),
+            kernel: try container.setting(String.self, .kernel),
+            firmware: try container.setting(FirmwareSetting.self, .firmware),
             initrd: try container.setting(String.self, .initrd),
             cmdline: try container.setting(String.self, .cmdline) ?? "",
             memory: try container.setting(MemorySize.self, .memory) ?? Self.defaultMemory,
@@ -194,7 +201,9 @@ public struct VMConfig: Equatable, Sendable, Codable {
     mutating func resolvePaths(relativeTo directory: String) {
         guard !directory.isEmpty else { return }
         func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : directory + path }
-        kernel = resolve(kernel)
+        kernel = kernel.map(resolve)
+        if let path = firmware?.path { firmware?.path = resolve(path) }
+        if let path = firmware?.log { firmware?.log = resolve(path) }
         initrd = initrd.map(resolve)
         if case .file(let path) = console { console = .file(resolve(path)) }
         for index in disks.indices { disks[index].path = resolve(disks[index].path) }
@@ -209,6 +218,11 @@ public struct VMConfig: Equatable, Sendable, Codable {
             guard !name.isEmpty, name.utf8.count <= 64, name.utf8.allSatisfy(allowed.contains) else {
                 throw ConfigError("\(names.name(.name)) '\(name)' is not a name; use up to 64 letters, digits, '-', '_' and '.'")
             }
+        }
+        switch (kernel, firmware) {
+        case (nil, nil): throw ConfigError("nothing to boot; give a kernel or firmware")
+        case (.some, .some): throw ConfigError("give a kernel or firmware, not both: Tern does not load kernels through firmware")
+        default: break
         }
         guard (1...Self.maximumCPUs).contains(cpus) else {
             throw ConfigError("\(names.name(.cpus)) \(cpus) is out of range; give 1 to \(Self.maximumCPUs)")

@@ -172,12 +172,12 @@ extension Machine {
     /// INTA# on the GSI `PCIInterruptRouting` gives its slot, shared with other slots there. Configuration space
     /// answers at the ECAM (MMIO) and at ports 0xCF8–0xCFF (`configurationPorts`, for the port bus).
     static func attachPCI(
-        _ specs: [VirtioDeviceSpec], memory: GuestMemory, vm: VirtualMachine, bus: inout Bus, ioThreads: [IOThread],
-        logger: Logger
+        _ specs: [VirtioDeviceSpec], functions: [PCIFunctionSpec] = [], memory: GuestMemory, vm: VirtualMachine, bus: inout Bus,
+        ioThreads: [IOThread], logger: Logger
     ) throws(MachineError) -> (bridge: PCIHostBridge, ports: PCIConfigurationPorts, transports: [any VirtioTransport]) {
         let barStride: UInt64 = 1 << 20
         let window = PCIMemoryMap.mmio32
-        guard UInt64(specs.count) <= min(31, UInt64(window.count) / barStride) else {
+        guard UInt64(specs.count + functions.count) <= min(31, UInt64(window.count) / barStride) else {
             throw MachineError("too many virtio devices: at most 31 fit PCI bus 0")
         }
         let router = KVMGSIRouter(vm: vm, logger: logger)
@@ -220,12 +220,23 @@ extension Machine {
             }
             transports.append(transport)
         }
+        // Other functions follow the VirtIO devices, their INTA# lines shared as the slots' GSIs say.
+        var others: [any PCIDevice] = []
+        for (index, function) in functions.enumerated() {
+            let gsi = PCIInterruptRouting.gsi(slot: UInt8(transports.count + index + 1), pin: .intA)
+            let line = sharedLines[gsi, default: SharedInterruptLine(KVMInterruptLine(vm: vm, gsi: gsi))]
+            sharedLines[gsi] = line
+            others.append(function.make(line.makeSource(), gsi))
+        }
         let root: PCIRoot
         do {
-            root = try PCIRoot(devices: transports)
+            root = try PCIRoot(devices: transports + others)
             try bus.register(PCIECAM(root: root), base: PCIMemoryMap.ecamBase, length: PCIMemoryMap.ecamSize)
             try bus.register(PCIMemoryWindow(root: root, base: window.lowerBound), base: window.lowerBound,
                              length: UInt64(window.count))
+            let firmwareWindow = PCIMemoryMap.firmwareMMIO32
+            try bus.register(PCIMemoryWindow(root: root, base: firmwareWindow.lowerBound), base: firmwareWindow.lowerBound,
+                             length: UInt64(firmwareWindow.count))
         } catch {
             throw MachineError("PCI layout: \(error)")
         }

@@ -25,6 +25,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("The guest kernel: an ELF64 image, booted through PVH when it has the PVH note.", valueName: "file"))
     var kernel: String?
 
+    @Option(help: ArgumentHelp("Start from firmware at the reset vector instead of a kernel: seabios (Debian's SeaBIOS) or an image file, optionally with ,log=FILE for the firmware's debug output.", valueName: "image"))
+    var firmware: String?
+
     @Option(help: ArgumentHelp("An initial ramdisk to pass to the kernel.", valueName: "file"))
     var initrd: String?
 
@@ -52,8 +55,14 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("kernel-decompression"), help: ArgumentHelp("For a bzImage: 'host' (default) unpacks the kernel here and boots it through PVH, skipping the guest's own decompressor; 'guest' boots the bzImage as is.", valueName: "where"))
     var kernelDecompression: String?
 
-    @Option(help: ArgumentHelp("A disk for the guest as virtio-blk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]. Repeatable.", valueName: "spec"))
+    @Option(help: ArgumentHelp("A disk for the guest, virtio-blk unless interface=ahci: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID][,cache=writeback|none][,interface=virtio|ahci][,media=disk|cdrom]. Repeatable.", valueName: "spec"))
     var disk: [String] = []
+
+    @Option(help: ArgumentHelp("With --firmware: the drive kinds to boot first, in order, as order=cdrom,disk (default: the drives' order on the command line).", valueName: "order=KINDS"))
+    var boot: String?
+
+    @Option(help: ArgumentHelp("A CD-ROM image for the guest (read-only ATAPI on the AHCI controller); the same as --disk path=FILE,interface=ahci,media=cdrom. Repeatable.", valueName: "iso"))
+    var cdrom: [String] = []
 
     @Option(help: ArgumentHelp("A network interface as virtio-net: user[,hostfwd=tcp::2222-:22]...[,mac=MAC] (NAT through libslirp, no root needed) or tap=NAME[,mac=MAC]. Repeatable.", valueName: "spec"))
     var net: [String] = []
@@ -103,10 +112,19 @@ struct Run: ParsableCommand {
         if let config {
             settings = try VMConfig.decode(json: try readFile(config), source: config)
         } else {
-            guard let kernel else { throw ConfigError("no kernel given; pass --kernel FILE or --config FILE") }
+            guard kernel != nil || firmware != nil else {
+                throw ConfigError("no kernel given; pass --kernel FILE, --firmware seabios or --config FILE")
+            }
             settings = VMConfig(kernel: kernel)
         }
         if let kernel { settings.kernel = kernel }
+        if let firmware { settings.firmware = try FirmwareSetting(parsing: firmware) }
+        if let boot {
+            guard boot.hasPrefix("order="), settings.firmware != nil else {
+                throw ConfigError("--boot takes order=KIND,KIND (disk, cdrom) and needs --firmware")
+            }
+            settings.firmware?.bootOrder = try FirmwareSetting.parseBootOrder(boot.dropFirst(6), separator: ",")
+        }
         if let initrd { settings.initrd = initrd }
         if let cmdline { settings.cmdline = cmdline }
         if let memory {
@@ -135,6 +153,7 @@ struct Run: ParsableCommand {
         if rng { settings.rng = true }
         if virtioConsole { settings.virtioConsole = true }
         for spec in disk { settings.disks.append(try DiskSetting(parsing: spec)) }
+        for path in cdrom { settings.disks.append(DiskSetting(path: path, interface: .ahci, media: .cdrom)) }
         for spec in net { settings.nets.append(try NetSetting.parse(spec)) }
         if let vsock { settings.vsock = try VsockSetting.parse(vsock) }
         if let balloon { settings.balloon = try BalloonSetting.parse(balloon) }

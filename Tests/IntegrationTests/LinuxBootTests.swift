@@ -85,7 +85,7 @@ import VMM
         let (machine, output, outcome) = try Self.bootUntil(config, seconds: Self.milestoneBudget) { text in
             text.contains("smpboot: Allowing") && text.contains("RAMDISK:") && text.contains("ACPI: DSDT") && text.contains(lastFunction)
         }
-        let plan = machine.plan
+        let plan = try #require(machine.plan)
         #expect(output.contains("Linux version \(kernel.release)"), "outcome \(outcome); console:\n\(output.suffix(2000))")
         #expect(output.contains("Command line: \(machine.commandLine)"))
         #expect(machine.commandLine.hasPrefix(config.cmdline))
