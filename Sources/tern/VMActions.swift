@@ -31,7 +31,7 @@ struct VMStop: ParsableCommand {
     }
 }
 
-/// `tern vm kill|pause|resume NAME`: one action, one answer.
+/// `tern vm kill NAME`: SIGKILL, no grace.
 struct VMKill: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "kill", abstract: "Kill a VM's process at once (SIGKILL).")
     @Argument(help: "The VM's name.") var name: String
@@ -45,6 +45,7 @@ struct VMKill: ParsableCommand {
     }
 }
 
+/// `tern vm pause NAME`: the VM's control socket `pause`; ternd answers 409 with the VM's reason if it refuses.
 struct VMPause: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pause", abstract: "Pause a running VM.")
     @Argument(help: "The VM's name.") var name: String
@@ -58,6 +59,7 @@ struct VMPause: ParsableCommand {
     }
 }
 
+/// `tern vm resume NAME`: the VM's control socket `resume`.
 struct VMResume: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "resume", abstract: "Resume a paused VM.")
     @Argument(help: "The VM's name.") var name: String
@@ -84,6 +86,7 @@ struct VMDelete: ParsableCommand {
     }
 }
 
+/// `tern vm show NAME`: one VM, as a table row or JSON.
 struct VMShow: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one VM.")
     @Argument(help: "The VM's name.") var name: String
@@ -97,6 +100,7 @@ struct VMShow: ParsableCommand {
     }
 }
 
+/// `tern vm list`: every VM, as a table or a JSON array.
 struct VMListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "list", abstract: "List the VMs.")
     @OptionGroup var ternd: TerndOptions

@@ -71,6 +71,8 @@ struct RequestTests {
             #expect((try? ternd.decode(APIError.self, answer))?.field == "Authorization")
         }
         #expect(try ternd.request("GET", "/v1/vms").status == 200)
+        var status = stat()
+        #expect(lstat(ternd.socket, &status) == 0 && status.st_mode & 0o777 == 0o660, "the Unix socket is mode 0660")
         let logged = try String(contentsOfFile: ternd.log, encoding: .utf8)
         #expect(logged.contains("status=401"), "every request is logged with its outcome")
     }
