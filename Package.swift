@@ -6,12 +6,15 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "tern", targets: ["tern"]),
+        .executable(name: "ternd", targets: ["ternd"]),
         .library(name: "VMM", targets: ["VMM"]),
         .library(name: "Qcow2", targets: ["Qcow2"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // C shim over <linux/kvm.h>: ioctl numbers, signal and affinity helpers Swift cannot import.
@@ -99,10 +102,36 @@ let package = Package(
                 "VMM",
                 "Qcow2",
                 "Initramfs",
+                "ToolstackAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // pidfd_open, pidfd_send_signal and posix_spawn's closefrom action, which glibc's Swift module does not export.
+        .target(name: "CPidFD"),
+        // ternd's wire format (the JSON bodies of its REST API) and a small HTTP/1.1 client over its sockets, shared by
+        // the daemon, `tern vm` and the tests. Stdlib and Glibc only, so `tern` stays free of the server's packages.
+        .target(name: "ToolstackAPI"),
+        // The host toolstack behind ternd: the SQLite store, VM process supervision, the REST API.
+        .target(
+            name: "Toolstack",
+            dependencies: [
+                "ToolstackAPI", "VMM", "CPidFD",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            resources: [.copy("openapi.yaml")]
+        ),
+        .executableTarget(
+            name: "ternd",
+            dependencies: [
+                "Toolstack",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "ToolstackAPI"]),
         .testTarget(
             name: "UnitTests",
             dependencies: ["KVM", "GuestMemory", "Devices", "X86", "BootLoader", "VMM", "Decompression", "CZlib", "CZstd", "CLzma", "CLz4",

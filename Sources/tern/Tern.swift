@@ -11,7 +11,7 @@ struct Tern: ParsableCommand {
         commandName: "tern",
         abstract: "A hypervisor for Linux/KVM: run virtual machines and manage their disk images.",
         version: version,
-        subcommands: [Run.self, Exec.self, Control.self, ImageCommand.self, InitramfsCommand.self, Version.self])
+        subcommands: [Run.self, Exec.self, Control.self, VMCommand.self, ImageCommand.self, InitramfsCommand.self, Version.self])
 
     /// Parses and runs a command. Usage errors print one line and exit 2; `--help` and `--version` print and exit 0.
     static func main() {

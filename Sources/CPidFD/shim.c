@@ -1,0 +1,1 @@
+// The shim is header-only; this file makes it a C target.
