@@ -48,7 +48,9 @@ enum VMDefinition {
 
     /// ternd runs VMs from its own directory, so relative paths would mean something else than the client meant.
     private static func checkHostPaths(_ config: VMConfig) throws(ToolstackError) {
-        var paths: [(field: String, path: String)] = [("config.kernel", config.kernel)]
+        var paths: [(field: String, path: String)] = []
+        if let kernel = config.kernel { paths.append(("config.kernel", kernel)) }
+        if let firmware = config.firmware { paths.append(("config.firmware", firmware.path)) }
         if let initrd = config.initrd { paths.append(("config.initrd", initrd)) }
         for disk in config.disks { paths.append(("config.disks", disk.path)) }
         for (field, path) in paths {

@@ -51,7 +51,8 @@ struct VMCreate: ParsableCommand {
             throw .usage(error.description)
         }
         config.name = name
-        config.kernel = Self.absolute(config.kernel)
+        config.kernel = config.kernel.map(Self.absolute)
+        if let path = config.firmware?.path { config.firmware?.path = Self.absolute(path) }
         config.initrd = config.initrd.map(Self.absolute)
         for index in config.disks.indices { config.disks[index].path = Self.absolute(config.disks[index].path) }
         if let path = config.vsock?.socketPath { config.vsock?.socketPath = Self.absolute(path) }
@@ -68,7 +69,7 @@ struct VMCreate: ParsableCommand {
         guard !path.hasPrefix("/") else { return path }
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
         guard getcwd(&buffer, buffer.count) != nil else { return path }
-        return String(cString: buffer) + "/" + path
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + path
     }
 }
 
