@@ -70,7 +70,9 @@ public enum SoftwareVirtualization {
     ///   and the trace events' set-up, the BTF check) trip them, and each false report costs seconds of emulated
     ///   stack unwinding and console output.
     /// - `cryptomgr.notests=1` skips the self-tests of the built-in crypto algorithms (RSA and Diffie-Hellman among
-    ///   them: big-number arithmetic, run at about 2 million instructions/s); Linux ignores it in FIPS mode.
+    ///   them: big-number arithmetic, run at about 2 million instructions/s). Users of an algorithm wait 60 s at
+    ///   most for its test: under emulation the compiled-in X.509 certificate failed to load (-ETIMEDOUT) and the
+    ///   CTR-KDF self-test could not get hmac(sha256). Linux ignores the parameter in FIPS mode.
     public static let linuxParameters: [String] = {
         let numbers = withheldFeatures.filter { !$0.needsExtendedState }.compactMap(\.linuxNumber)
         return ["clearcpuid=" + numbers.map(String.init).joined(separator: ","),
