@@ -41,36 +41,34 @@ struct ScatterList {
         }
     }
 
-    /// Copies `bytes` into the regions from byte `offset` of the list on. The caller keeps within `totalLength`.
-    func scatter(_ bytes: UnsafeRawBufferPointer, at offset: Int, memory: GuestMemory) {
+    /// Calls `body` with each piece of `count` bytes from byte `offset` of the list on: the piece's guest address
+    /// and its position among the `count` bytes. Stops at the list's end.
+    private func forEachPiece(at offset: Int, count: Int, _ body: (UInt64, Range<Int>) -> Void) {
         var skip = offset
-        var source = 0
-        for region in regions where source < bytes.count {
+        var done = 0
+        for region in regions where done < count {
             if skip >= region.length {
                 skip -= region.length
                 continue
             }
-            let count = min(region.length - skip, bytes.count - source)
-            try? memory.write(UnsafeRawBufferPointer(rebasing: bytes[source..<source + count]), at: region.address + UInt64(skip))
-            source += count
+            let length = min(region.length - skip, count - done)
+            body(region.address + UInt64(skip), done..<done + length)
+            done += length
             skip = 0
+        }
+    }
+
+    /// Copies `bytes` into the regions from byte `offset` of the list on. The caller keeps within `totalLength`.
+    func scatter(_ bytes: UnsafeRawBufferPointer, at offset: Int, memory: GuestMemory) {
+        forEachPiece(at: offset, count: bytes.count) { address, piece in
+            try? memory.write(UnsafeRawBufferPointer(rebasing: bytes[piece]), at: address)
         }
     }
 
     /// Copies from the regions, from byte `offset` of the list on, into `bytes`.
     func gather(into bytes: UnsafeMutableRawBufferPointer, at offset: Int, memory: GuestMemory) {
-        var skip = offset
-        var destination = 0
-        for region in regions where destination < bytes.count {
-            if skip >= region.length {
-                skip -= region.length
-                continue
-            }
-            let count = min(region.length - skip, bytes.count - destination)
-            try? memory.read(into: UnsafeMutableRawBufferPointer(rebasing: bytes[destination..<destination + count]),
-                             at: region.address + UInt64(skip))
-            destination += count
-            skip = 0
+        forEachPiece(at: offset, count: bytes.count) { address, piece in
+            try? memory.read(into: UnsafeMutableRawBufferPointer(rebasing: bytes[piece]), at: address)
         }
     }
 }

@@ -1,15 +1,8 @@
 @testable import AHCI
 import GuestMemory
 import Qcow2
-import Synchronization
 import TestSupport
 
-/// Collects the lines a controller logs.
-final class LogLines: Sendable {
-    private let storage = Mutex<[String]>([])
-    var lines: [String] { storage.withLock { $0 } }
-    var sink: @Sendable (String) -> Void { { line in self.storage.withLock { $0.append(line) } } }
-}
 
 /// A controller with one drive on port 0, driven as a guest driver does: a command list at 0x10000, received FISes
 /// at 0x11000, command tables from 0x20000 (one 4 KiB page per slot), data buffers from 0x100000.

@@ -1,5 +1,6 @@
 import Firmware
 import GuestMemory
+import TestSupport
 import Testing
 
 @Suite struct FirmwareConfigDeviceTests {

@@ -1,13 +1,6 @@
 import Firmware
 import GuestMemory
-import Synchronization
-
-/// Collects the lines a device logs.
-final class LogLines: Sendable {
-    private let storage = Mutex<[String]>([])
-    var lines: [String] { storage.withLock { $0 } }
-    var sink: @Sendable (String) -> Void { { line in self.storage.withLock { $0.append(line) } } }
-}
+import TestSupport
 
 /// Drives a fw_cfg device as a guest does: port accesses and DMA descriptors in guest RAM.
 struct FirmwareConfigDriver {
