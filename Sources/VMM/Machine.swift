@@ -55,6 +55,8 @@ public final class Machine: Sendable {
     let cpuid: CPUIDPolicy
     let logger: Logger
     let control = MachineControl()
+    /// Commands for the VMM thread (the thread in `run`), from the control socket and `execute(_:)`.
+    let commands = CommandQueue()
     /// Runs device work signalled through ioeventfds.
     /// One I/O thread per VirtIO device, as Cloud Hypervisor has: a slow disk never delays the network.
     let ioThreads: [IOThread]

@@ -51,11 +51,7 @@ extension Machine {
         }
         controlServer?.start { [self] request in handleControl(request) }
         for thread in ioThreads { thread.start() }
-        let statisticsTimer = config.balloon?.statisticsInterval.flatMap { interval in
-            balloon.flatMap { balloon in spawnThread(named: "balloon-stats") { [self] in requestBalloonStatistics(balloon, every: interval) } }
-        }
-        waitForStop()
-        if let statisticsTimer { pthread_join(statisticsTimer, nil) }
+        serveCommands()
         controlServer?.shutdown()
         for thread in threads { pthread_join(thread, nil) }
         for thread in ioThreads { thread.stop() }
@@ -68,30 +64,6 @@ extension Machine {
         }
         input?.stop()
         return control.outcome ?? .failed("the VM stopped without a reason")
-    }
-
-    /// Asks the guest for fresh balloon statistics every `interval` seconds until the machine stops.
-    private func requestBalloonStatistics(_ balloon: Balloon, every interval: UInt32) {
-        var stopped = pollfd(fd: control.finished.descriptor, events: Int16(POLLIN), revents: 0)
-        while !control.isStopping {
-            let count = poll(&stopped, 1, Int32(interval) * 1000)
-            if count < 0 && errno != EINTR { return }
-            if count == 0 { balloon.requestStatistics() }
-        }
-    }
-
-    /// Blocks until the machine stops.
-    private func waitForStop() {
-        var finished = pollfd(fd: control.finished.descriptor, events: Int16(POLLIN), revents: 0)
-        while !control.isStopping || control.outcome == nil {
-            let count = poll(&finished, 1, -1)
-            if count < 0 {
-                if errno == EINTR { continue }
-                control.stop(.failed("poll: \(String(cString: strerror(errno)))"))
-                return
-            }
-            if finished.revents & Int16(POLLIN) != 0 { return }
-        }
     }
 
     /// The body of vCPU `index`'s thread: pin, create and set up the vCPU, wait for the others, then run the guest.

@@ -1,0 +1,73 @@
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+import VMM
+
+/// A machine running `run()` on a thread of its own, so that a test can send it commands.
+final class BackgroundMachine: Sendable {
+    let machine: Machine
+    let console = CapturedOutput()
+    private let result = Mutex<MachineOutcome?>(nil)
+
+    init(_ config: VMConfig) throws {
+        machine = try Machine(config: config, console: console)
+        Thread { [self] in
+            let outcome = machine.run()
+            result.withLock { $0 = outcome }
+        }.start()
+    }
+
+    /// How the run ended, waiting up to `seconds` for it; nil if it is still running.
+    func outcome(within seconds: Double) -> MachineOutcome? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let outcome = result.withLock({ $0 }) { return outcome }
+            usleep(2000)
+        }
+        return result.withLock { $0 }
+    }
+
+    /// Stops the machine (whatever its state) and waits for the run to end.
+    func finish() -> MachineOutcome? {
+        machine.stop(.stoppedByHost(reason: "test finished"))
+        return outcome(within: 20)
+    }
+}
+
+/// Commands on the VMM thread: each answered with a typed reply or a typed error.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct VMMCommandTests {
+    static func waitingGuest() throws -> VMConfig {
+        VMConfig(kernel: try Repository.guest("console"), cmdline: "expect-input=1 timeout=100000000000000",
+                 virtioConsole: true, name: "commands")
+    }
+
+    @Test func statusAndStopAreAnsweredByTheVMMThread() throws {
+        let running = try BackgroundMachine(try Self.waitingGuest())
+        #expect(try running.machine.execute(.status) == .status(.running, name: "commands"))
+        #expect(try running.machine.execute(.stop) == .state(.stopping))
+        #expect(running.outcome(within: 20) == .stoppedByHost(reason: "stop requested"))
+        #expect(throws: VMMError.stopped) { try running.machine.execute(.status) }
+    }
+
+    @Test func balloonCommandsWithoutABalloonAreRefused() throws {
+        let running = try BackgroundMachine(try Self.waitingGuest())
+        #expect(throws: VMMError.noSuchDevice("this VM has no balloon; start it with --balloon")) {
+            try running.machine.execute(.setBalloonTarget(bytes: 1 << 20))
+        }
+        #expect(throws: VMMError.noSuchDevice("this VM has no balloon; start it with --balloon")) {
+            try running.machine.execute(.balloonStatistics)
+        }
+        #expect(running.finish() == .stoppedByHost(reason: "test finished"))
+    }
+
+    @Test func aBalloonLargerThanRAMIsRefused() throws {
+        var config = try Self.waitingGuest()
+        config.balloon = BalloonSetting()
+        let running = try BackgroundMachine(config)
+        #expect(throws: VMMError.invalidArgument("balloon 1T is larger than the guest's \(config.memory) of RAM")) {
+            try running.machine.execute(.setBalloonTarget(bytes: 1 << 40))
+        }
+        #expect(running.finish() == .stoppedByHost(reason: "test finished"))
+    }
+}
