@@ -55,6 +55,8 @@ public final class Machine: Sendable {
     let cpuid: CPUIDPolicy
     let logger: Logger
     let control = MachineControl()
+    /// The vCPUs' command channels.
+    let vcpus: VCPUManager
     /// Commands for the VMM thread (the thread in `run`), from the control socket and `execute(_:)`.
     let commands = CommandQueue()
     /// Runs device work signalled through ioeventfds.
@@ -81,6 +83,7 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
         self.config = config
+        vcpus = VCPUManager(count: config.cpus, control: control)
         var logger = logger
         if let name = config.name { logger[metadataKey: "vm"] = "\(name)" }
         self.logger = logger

@@ -32,6 +32,10 @@ public enum VMMReply: Sendable, Equatable {
 public enum VMMError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The VM has stopped; nothing more can be done with it.
     case stopped
+    /// A vCPU did not leave the guest and answer in time; the VM keeps running.
+    case vcpuUnresponsive(index: Int, milliseconds: Int)
+    /// KVM refused an operation on a vCPU or the VM.
+    case hypervisor(String)
     /// The VM has no such device (a balloon command without `--balloon`).
     case noSuchDevice(String)
     /// An argument is out of range.
@@ -42,6 +46,9 @@ public enum VMMError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .stopped: "the VM has stopped"
+        case .vcpuUnresponsive(let index, let milliseconds):
+            "vCPU \(index) did not leave the guest within \(milliseconds) ms; the VM keeps running"
+        case .hypervisor(let reason): reason
         case .noSuchDevice(let what): what
         case .invalidArgument(let reason): reason
         case .timedOut(let command): "the VM did not answer '\(command)' in time"

@@ -1,8 +1,10 @@
 import Foundation
 import Glibc
 import Synchronization
+import CKVM
+import KVM
 import Testing
-import VMM
+@testable import VMM
 
 /// A machine running `run()` on a thread of its own, so that a test can send it commands.
 final class BackgroundMachine: Sendable {
@@ -69,5 +71,48 @@ final class BackgroundMachine: Sendable {
             try running.machine.execute(.setBalloonTarget(bytes: 1 << 40))
         }
         #expect(running.finish() == .stoppedByHost(reason: "test finished"))
+    }
+}
+
+/// memtouch writes its pattern from 4 MiB up: the pages whose first word it has written so far.
+func writtenPages(_ machine: Machine, mib: UInt64) -> Int {
+    let memory = machine.memory
+    let base: UInt64 = 4 << 20
+    return (0..<(mib << 8)).count { page in
+        (try? memory.load(UInt64.self, at: base + page * 4096)) ?? 0 != 0
+    }
+}
+
+/// Waits up to `seconds` for `condition`.
+func waitUntil(within seconds: Double = 20, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() >= deadline { return false }
+        usleep(1000)
+    }
+    return true
+}
+
+/// The vCPU manager: each vCPU thread leaves the guest on command, hands its state over and takes it back.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct VCPUManagerTests {
+    @Test func pausedVCPUsHandTheirStateOverAndTakeItBack() throws {
+        let mib: UInt64 = 512
+        let running = try BackgroundMachine(VMConfig(kernel: try Repository.guest("memtouch"), cmdline: "mib=\(mib)",
+                                                     memory: MemorySize(bytes: 1 << 30), cpus: 2))
+        let memory = running.machine
+        try #require(waitUntil { writtenPages(memory, mib: mib) > 0 }, "memtouch never started writing")
+        try running.machine.vcpus.pause()
+        let before = writtenPages(memory, mib: mib)
+        try #require(before < Int(mib << 8), "memtouch finished writing before the pause; the test shows nothing")
+        let states = try running.machine.vcpus.captureStates(msrIndices: try Hypervisor().saveableMSRs(),
+                                                             extendedStateSize: running.machine.vm.extendedStateSize)
+        #expect(states.count == 2)
+        #expect(states[0].multiprocessingState == UInt32(KVM_MP_STATE_RUNNABLE))
+        usleep(300_000)
+        #expect(writtenPages(memory, mib: mib) == before, "the guest wrote memory while paused")
+        try running.machine.vcpus.restoreStates(states)
+        try running.machine.vcpus.resume()
+        #expect(running.outcome(within: 90) == .guestExit(0))
+        #expect(running.console.text.contains("wrote and verified \(mib) MiB"), "\(running.console.text)")
     }
 }
