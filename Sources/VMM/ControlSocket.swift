@@ -4,7 +4,7 @@ import VirtioDevices
 
 /// One command on a VM's control socket: a JSON object on one line.
 ///
-/// Commands: `status` (the state, and the VM's name when it has one); `stop`; `balloon` with `target` (the balloon's size, such as "512M": memory the guest gives
+/// Commands: `status` (the state, and the VM's name when it has one); `stop`; `pause`; `resume`; `balloon` with `target` (the balloon's size, such as "512M": memory the guest gives
 /// back; "0" returns it all); `balloon-statistics` (the guest's last memory statistics and the balloon's size).
 public struct ControlRequest: Codable, Sendable, Equatable {
     public var command: String
@@ -20,7 +20,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
 public struct ControlResponse: Codable, Sendable, Equatable {
     public var ok: Bool
     public var error: String?
-    /// `status`: "running" or "stopping".
+    /// `status` and commands that change it: "running", "paused" or "stopping".
     public var state: String?
     /// `status`: the VM's name, when it has one.
     public var name: String?
@@ -350,6 +350,8 @@ extension ControlRequest {
         switch command {
         case "status": return .status
         case "stop": return .stop
+        case "pause": return .pause
+        case "resume": return .resume
         case "balloon-statistics": return .balloonStatistics
         case "balloon":
             guard let target else { throw .invalidArgument("balloon needs a target size, such as \"256M\"") }
@@ -360,7 +362,7 @@ extension ControlRequest {
                 throw .invalidArgument(error.description)
             }
         default:
-            throw .invalidArgument("unknown command '\(command)'; use status, stop, balloon or balloon-statistics")
+            throw .invalidArgument("unknown command '\(command)'; use status, stop, pause, resume, balloon or balloon-statistics")
         }
     }
 }

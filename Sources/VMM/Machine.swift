@@ -297,7 +297,9 @@ public final class Machine: Sendable {
     /// Hands bytes typed on the host to the guest's console: the virtio-console when there is one, else COM1.
     /// Returns how many leading bytes the guest had room for; the rest are dropped.
     @discardableResult
+    /// While the VM is paused the guest takes nothing: every byte is dropped.
     public func typeIntoConsole(_ bytes: [UInt8]) -> Int {
+        guard !control.isPaused else { return 0 }
         guard let consoleTransport else {
             return serial.receive(bytes)
         }

@@ -12,12 +12,21 @@ final class MachineControl: Sendable {
 
     private let state = Mutex(State())
     private let stopping = Atomic<Bool>(false)
+    private let paused = Atomic<Bool>(false)
     /// Signalled once when the machine stops.
     let finished = WakeEvent()
 
     /// Whether the machine is stopping; vCPUs check this before every entry into the guest.
     @inline(__always)
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
+
+    /// Whether the VMM thread has paused the machine.
+    var isPaused: Bool { paused.load(ordering: .acquiring) }
+
+    /// Records that the machine is paused or running; the VMM thread alone calls this.
+    func setPaused(_ value: Bool) {
+        paused.store(value, ordering: .releasing)
+    }
 
     /// Why the machine stopped, once it has.
     var outcome: MachineOutcome? { state.withLock { $0.outcome } }

@@ -66,6 +66,13 @@ final class Mailbox<Message: Sendable>: @unchecked Sendable {
         return messages.isEmpty ? nil : messages.removeFirst()
     }
 
+    /// Whether `close` was called.
+    var isClosed: Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return closed
+    }
+
     /// Refuses further messages and wakes every receiver. Messages already queued can still be received.
     func close() {
         pthread_mutex_lock(mutex)

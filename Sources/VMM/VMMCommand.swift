@@ -3,8 +3,13 @@
 public enum VMMCommand: Sendable, Equatable {
     /// Reports the run state and the VM's name.
     case status
-    /// Ends the VM (a host stop): vCPUs leave the guest, disks are flushed.
+    /// Ends the VM (a host stop): vCPUs leave the guest, disks are flushed. Accepted running or paused.
     case stop
+    /// Every vCPU out of KVM_RUN and every I/O thread quiescent, with no device request half done; the guest's
+    /// clock is held until `resume`.
+    case pause
+    /// Lets a paused VM run on from where it stopped.
+    case resume
     /// Asks the guest to give back memory until the balloon holds `bytes` (0 returns it all).
     case setBalloonTarget(bytes: UInt64)
     /// Reports the balloon and the guest's last memory statistics, and asks the guest for fresh ones.
@@ -14,6 +19,7 @@ public enum VMMCommand: Sendable, Equatable {
 /// Where a VM is in its life.
 public enum RunState: String, Sendable, Equatable, Codable {
     case running
+    case paused
     /// Stopping or stopped: it will not run again.
     case stopping
 }
@@ -30,8 +36,12 @@ public enum VMMReply: Sendable, Equatable {
 
 /// Why a `VMMCommand` was refused or failed. The VM's state is unchanged unless the case says otherwise.
 public enum VMMError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The command needs another run state: pause while paused, resume while running, balloon while paused.
+    case wrongState(command: String, state: RunState)
     /// The VM has stopped; nothing more can be done with it.
     case stopped
+    /// An I/O thread did not finish its work in hand in time; the VM keeps running.
+    case ioThreadUnresponsive(name: String, milliseconds: Int)
     /// A vCPU did not leave the guest and answer in time; the VM keeps running.
     case vcpuUnresponsive(index: Int, milliseconds: Int)
     /// KVM refused an operation on a vCPU or the VM.
@@ -45,7 +55,10 @@ public enum VMMError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
+        case .wrongState(let command, let state): "cannot \(command) a VM that is \(state.rawValue)"
         case .stopped: "the VM has stopped"
+        case .ioThreadUnresponsive(let name, let milliseconds):
+            "I/O thread \(name) did not finish its work within \(milliseconds) ms; the VM keeps running"
         case .vcpuUnresponsive(let index, let milliseconds):
             "vCPU \(index) did not leave the guest within \(milliseconds) ms; the VM keeps running"
         case .hypervisor(let reason): reason
@@ -62,6 +75,8 @@ extension VMMCommand {
         switch self {
         case .status: "status"
         case .stop: "stop"
+        case .pause: "pause"
+        case .resume: "resume"
         case .setBalloonTarget: "balloon"
         case .balloonStatistics: "balloon-statistics"
         }

@@ -1,4 +1,5 @@
 import Glibc
+import KVM
 import VirtioDevices
 
 /// Commands waiting for the VMM thread, each with the mailbox its reply goes to.
@@ -11,6 +12,14 @@ final class CommandQueue: Sendable {
     let pending = Mailbox<Pending>()
     /// Wakes the VMM thread's poll when a command arrives.
     let arrived = WakeEvent()
+}
+
+/// What only the VMM thread knows about the VM's life.
+struct Lifecycle {
+    /// The VM state captured at the pause, whose kvmclock the resume restores; nil while running.
+    var pausedAt: VMState?
+
+    var state: RunState { pausedAt == nil ? .running : .paused }
 }
 
 extension Machine {
@@ -34,6 +43,7 @@ extension Machine {
     func serveCommands() {
         let statisticsInterval = balloon == nil ? nil : config.balloon?.statisticsInterval.map { Int64($0) * 1000 }
         var nextStatistics = statisticsInterval.map { monotonicMilliseconds() + $0 }
+        var lifecycle = Lifecycle()
         var descriptors = [pollfd(fd: commands.arrived.descriptor, events: Int16(POLLIN), revents: 0),
                            pollfd(fd: control.finished.descriptor, events: Int16(POLLIN), revents: 0)]
         while !control.isStopping {
@@ -48,11 +58,11 @@ extension Machine {
                 var counter: UInt64 = 0
                 _ = read(commands.arrived.descriptor, &counter, 8)
                 while let pending = commands.pending.poll() {
-                    pending.reply.send(Result { () throws(VMMError) in try perform(pending.command) })
+                    pending.reply.send(Result { () throws(VMMError) in try perform(pending.command, &lifecycle) })
                 }
             }
             if let interval = statisticsInterval, let due = nextStatistics, monotonicMilliseconds() >= due {
-                balloon?.requestStatistics()
+                if lifecycle.pausedAt == nil { balloon?.requestStatistics() }
                 nextStatistics = due + interval
             }
         }
@@ -61,24 +71,80 @@ extension Machine {
     }
 
     /// Carries out one command on the VMM thread.
-    private func perform(_ command: VMMCommand) throws(VMMError) -> VMMReply {
+    private func perform(_ command: VMMCommand, _ lifecycle: inout Lifecycle) throws(VMMError) -> VMMReply {
         guard !control.isStopping else { throw .stopped }
         switch command {
         case .status:
-            return .status(.running, name: config.name)
+            return .status(lifecycle.state, name: config.name)
         case .stop:
             control.stop(.stoppedByHost(reason: "stop requested"))
             return .state(.stopping)
+        case .pause:
+            guard lifecycle.pausedAt == nil else { throw .wrongState(command: command.name, state: .paused) }
+            lifecycle.pausedAt = try pause()
+            return .state(.paused)
+        case .resume:
+            guard let pausedAt = lifecycle.pausedAt else { throw .wrongState(command: command.name, state: .running) }
+            try resume(clock: pausedAt)
+            lifecycle.pausedAt = nil
+            return .state(.running)
         case .setBalloonTarget(let bytes):
-            let balloon = try requireBalloon()
-            guard bytes <= config.memory.bytes else {
-                throw .invalidArgument("balloon \(MemorySize(bytes: bytes)) is larger than the guest's \(config.memory) of RAM")
-            }
-            balloon.setTarget(bytes: bytes)
-            return .balloon(balloonReport(balloon))
+            guard lifecycle.pausedAt == nil else { throw .wrongState(command: command.name, state: .paused) }
+            return try setBalloonTarget(bytes: bytes)
         case .balloonStatistics:
+            guard lifecycle.pausedAt == nil else { throw .wrongState(command: command.name, state: .paused) }
             return .balloon(balloonReport(try requireBalloon()))
         }
+    }
+
+    /// The pause protocol: host console input refused, every vCPU out of the guest (the exit in hand completed,
+    /// kvmclock told), then every I/O thread quiescent (the event in hand finished, devices' requests in flight
+    /// completed), then the VM state captured for its kvmclock. Whatever fails, the VM runs on as before.
+    private func pause() throws(VMMError) -> VMState {
+        control.setPaused(true)
+        var pausedThreads: [IOThread] = []
+        do throws(VMMError) {
+            try vcpus.pause()
+            for thread in ioThreads {
+                try thread.pause()
+                pausedThreads.append(thread)
+            }
+            do {
+                return try vm.captureState()
+            } catch {
+                throw .hypervisor("capturing the VM's clock: \(error)")
+            }
+        } catch {
+            for thread in pausedThreads { try? thread.resume() }
+            try? vcpus.resume()
+            control.setPaused(false)
+            throw error
+        }
+    }
+
+    /// Undoes `pause` in reverse: the kvmclock set back to where it stood at the pause (so the guest does not see
+    /// the time it spent paused), the I/O threads and then the vCPUs running again. The PIT and interrupt
+    /// controllers keep their current state. If KVM refuses the clock the VM stays paused.
+    private func resume(clock pausedAt: VMState) throws(VMMError) {
+        do {
+            var current = try vm.captureState()
+            current.clock = pausedAt.clock
+            try vm.restoreState(current, clock: .continueFromCapture)
+        } catch {
+            throw .hypervisor("restoring the VM's clock: \(error)")
+        }
+        for thread in ioThreads { try thread.resume() }
+        try vcpus.resume()
+        control.setPaused(false)
+    }
+
+    private func setBalloonTarget(bytes: UInt64) throws(VMMError) -> VMMReply {
+        let balloon = try requireBalloon()
+        guard bytes <= config.memory.bytes else {
+            throw .invalidArgument("balloon \(MemorySize(bytes: bytes)) is larger than the guest's \(config.memory) of RAM")
+        }
+        balloon.setTarget(bytes: bytes)
+        return .balloon(balloonReport(balloon))
     }
 
     private func requireBalloon() throws(VMMError) -> Balloon {

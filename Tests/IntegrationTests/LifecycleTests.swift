@@ -52,6 +52,47 @@ final class BackgroundMachine: Sendable {
         #expect(throws: VMMError.stopped) { try running.machine.execute(.status) }
     }
 
+    @Test func pauseWhilePausedAndResumeWhileRunningAreRefusedAndChangeNothing() throws {
+        let running = try BackgroundMachine(try Self.waitingGuest())
+        let machine = running.machine
+        #expect(throws: VMMError.wrongState(command: "resume", state: .running)) { try machine.execute(.resume) }
+        #expect(try machine.execute(.pause) == .state(.paused))
+        #expect(try machine.execute(.status) == .status(.paused, name: "commands"))
+        #expect(throws: VMMError.wrongState(command: "pause", state: .paused)) { try machine.execute(.pause) }
+        #expect(try machine.execute(.status) == .status(.paused, name: "commands"))
+        #expect(try machine.execute(.resume) == .state(.running))
+        #expect(try machine.execute(.status) == .status(.running, name: "commands"))
+        #expect(running.finish() == .stoppedByHost(reason: "test finished"))
+    }
+
+    @Test func stopWhilePausedEndsTheVM() throws {
+        let running = try BackgroundMachine(try Self.waitingGuest())
+        #expect(try running.machine.execute(.pause) == .state(.paused))
+        #expect(try running.machine.execute(.stop) == .state(.stopping))
+        #expect(running.outcome(within: 20) == .stoppedByHost(reason: "stop requested"))
+        #expect(throws: VMMError.stopped) { try running.machine.execute(.resume) }
+    }
+
+    @Test func balloonCommandsWaitForTheResume() throws {
+        var config = try Self.waitingGuest()
+        config.balloon = BalloonSetting()
+        let running = try BackgroundMachine(config)
+        #expect(try running.machine.execute(.pause) == .state(.paused))
+        #expect(throws: VMMError.wrongState(command: "balloon", state: .paused)) {
+            try running.machine.execute(.setBalloonTarget(bytes: 1 << 20))
+        }
+        #expect(throws: VMMError.wrongState(command: "balloon-statistics", state: .paused)) {
+            try running.machine.execute(.balloonStatistics)
+        }
+        #expect(try running.machine.execute(.resume) == .state(.running))
+        if case .balloon(let report) = try running.machine.execute(.setBalloonTarget(bytes: 1 << 20)) {
+            #expect(report.targetBytes == 1 << 20)
+        } else {
+            Issue.record("a balloon command did not answer with the balloon")
+        }
+        #expect(running.finish() == .stoppedByHost(reason: "test finished"))
+    }
+
     @Test func balloonCommandsWithoutABalloonAreRefused() throws {
         let running = try BackgroundMachine(try Self.waitingGuest())
         #expect(throws: VMMError.noSuchDevice("this VM has no balloon; start it with --balloon")) {
@@ -74,13 +115,17 @@ final class BackgroundMachine: Sendable {
     }
 }
 
-/// memtouch writes its pattern from 4 MiB up: the pages whose first word it has written so far.
+/// memtouch writes its pattern page after page from 4 MiB up: the pages it has written so far, found by binary
+/// search for the first page whose first word is still zero.
 func writtenPages(_ machine: Machine, mib: UInt64) -> Int {
     let memory = machine.memory
     let base: UInt64 = 4 << 20
-    return (0..<(mib << 8)).count { page in
-        (try? memory.load(UInt64.self, at: base + page * 4096)) ?? 0 != 0
+    var (low, high) = (0, Int(mib << 8))
+    while low < high {
+        let middle = (low + high) / 2
+        if (try? memory.load(UInt64.self, at: base + UInt64(middle) * 4096)) ?? 0 != 0 { low = middle + 1 } else { high = middle }
     }
+    return low
 }
 
 /// Waits up to `seconds` for `condition`.
@@ -108,11 +153,97 @@ func waitUntil(within seconds: Double = 20, _ condition: () -> Bool) -> Bool {
                                                              extendedStateSize: running.machine.vm.extendedStateSize)
         #expect(states.count == 2)
         #expect(states[0].multiprocessingState == UInt32(KVM_MP_STATE_RUNNABLE))
+        // memtouch never starts its AP: vCPU 1 waits in the kernel for INIT/SIPI, as a halted vCPU does, and paused.
+        #expect(states[1].multiprocessingState != UInt32(KVM_MP_STATE_RUNNABLE))
         usleep(300_000)
         #expect(writtenPages(memory, mib: mib) == before, "the guest wrote memory while paused")
         try running.machine.vcpus.restoreStates(states)
         try running.machine.vcpus.resume()
         #expect(running.outcome(within: 90) == .guestExit(0))
         #expect(running.console.text.contains("wrote and verified \(mib) MiB"), "\(running.console.text)")
+    }
+}
+
+/// Pause and resume of running guests: nothing moves while paused, everything carries on afterwards.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct PauseResumeTests {
+    static func memtouch(mib: UInt64) throws -> VMConfig {
+        VMConfig(kernel: try Repository.guest("memtouch"), cmdline: "mib=\(mib)", memory: MemorySize(bytes: 1 << 30), cpus: 2)
+    }
+
+    @Test func aPausedGuestMakesNoProgressAndCarriesOnAfterTheResume() throws {
+        let mib: UInt64 = 960
+        let running = try BackgroundMachine(try Self.memtouch(mib: mib))
+        let machine = running.machine
+        try #require(waitUntil { writtenPages(machine, mib: mib) > 0 }, "memtouch never started writing")
+        let started = monotonicMilliseconds()
+        #expect(try machine.execute(.pause) == .state(.paused))
+        #expect(monotonicMilliseconds() - started < 1000, "the pause took \(monotonicMilliseconds() - started) ms")
+        let before = writtenPages(machine, mib: mib)
+        try #require(before < Int(mib << 8), "memtouch finished writing before the pause; the test shows nothing")
+        usleep(500_000)
+        #expect(writtenPages(machine, mib: mib) == before, "the guest wrote memory while paused")
+        #expect(try machine.execute(.status) == .status(.paused, name: nil))
+        #expect(try machine.execute(.resume) == .state(.running))
+        #expect(waitUntil(within: 60) { writtenPages(machine, mib: mib) > before || running.outcome(within: 0) != nil },
+                "the guest made no progress after the resume")
+        #expect(running.outcome(within: 90) == .guestExit(0))
+        #expect(running.console.text.contains("wrote and verified \(mib) MiB"), "\(running.console.text)")
+    }
+
+    @Test func manyPausesInARowLeaveTheGuestsWorkIntact() throws {
+        let mib: UInt64 = 960
+        let running = try BackgroundMachine(try Self.memtouch(mib: mib))
+        let machine = running.machine
+        try #require(waitUntil { writtenPages(machine, mib: mib) > 0 }, "memtouch never started writing")
+        var pauses = 0
+        // The guest may finish between two pauses: then the next pause finds the VM stopped.
+        while pauses < 50, (try? machine.execute(.pause)) == .state(.paused) {
+            usleep(2000)
+            #expect(try machine.execute(.resume) == .state(.running))
+            usleep(20_000)
+            pauses += 1
+        }
+        #expect(pauses >= 10, "the guest finished after \(pauses) pauses")
+        #expect(running.outcome(within: 90) == .guestExit(0))
+        #expect(running.console.text.contains("wrote and verified \(mib) MiB"), "\(running.console.text)")
+    }
+
+    /// The blk guest keeps requests in flight (16 at once in its bench) while it is paused and resumed again and
+    /// again; every request completes and the pattern it wrote reads back whole.
+    @Test(arguments: [DiskSetting.AIO.threads, .ioUring]) func aBlockGuestWithRequestsInFlightCompletesThemAll(aio: DiskSetting.AIO) throws {
+        let path = "/tmp/tern-pause-blk-\(getpid())-\(aio)"
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        try #require(descriptor >= 0 && ftruncate(descriptor, 16 << 20) == 0)
+        close(descriptor)
+        defer { unlink(path) }
+        var disk = DiskSetting(path: path)
+        disk.aio = aio
+        let write = try boot(VMConfig(kernel: try Repository.guest("blk"), cmdline: "seed=5", disks: [disk]))
+        #expect(write.outcome == .guestExit(0), "\(write.output)")
+        try pauseAndResumeRepeatedly(VMConfig(kernel: try Repository.guest("blk"),
+                                              cmdline: "mode=bench qd=16 bench-cycles=3000000000 seed=5", disks: [disk]))
+        // The bench's machine lets go of the disk when its run thread has let go of it.
+        var check: GuestRun?
+        #expect(waitUntil(within: 10) {
+            check = try? boot(VMConfig(kernel: try Repository.guest("blk"), cmdline: "mode=check-pattern seed=5", disks: [disk]))
+            return check != nil
+        })
+        #expect(check?.outcome == .guestExit(0))
+        #expect(check?.output.contains("pattern verified on") == true, "\(check?.output ?? "")")
+    }
+
+    /// Runs `config`, pausing and resuming it every few tens of milliseconds until it ends; expects a clean exit.
+    private func pauseAndResumeRepeatedly(_ config: VMConfig) throws {
+        let bench = try BackgroundMachine(config)
+        usleep(200_000)
+        var pauses = 0
+        while pauses < 40, (try? bench.machine.execute(.pause)) == .state(.paused) {
+            usleep(5000)
+            #expect(try bench.machine.execute(.resume) == .state(.running))
+            usleep(30_000)
+            pauses += 1
+        }
+        #expect(pauses > 0, "the bench ended before the first pause")
+        #expect(bench.outcome(within: 90) == .guestExit(0), "\(bench.console.text)")
     }
 }
