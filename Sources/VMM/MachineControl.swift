@@ -44,7 +44,9 @@ final class MachineControl: Sendable {
 
     /// Makes vCPU `index` leave the guest, if it has started and not yet ended.
     func kick(_ index: Int) {
-        state.withLock { $0.kickers[index]?.kick() }
+        state.withLock { state in
+            if let kicker = state.kickers[index] { kicker.kick() }
+        }
     }
 
     /// Ends the machine with `outcome` unless it already ended, and kicks every vCPU out of the guest.

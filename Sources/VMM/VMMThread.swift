@@ -102,12 +102,13 @@ extension Machine {
     /// completed), then the VM state captured for its kvmclock. Whatever fails, the VM runs on as before.
     private func pause() throws(VMMError) -> VMState {
         control.setPaused(true)
+        // Every I/O thread asked to pause is asked to resume on failure, also one whose answer came too late.
         var pausedThreads: [IOThread] = []
         do throws(VMMError) {
             try vcpus.pause()
             for thread in ioThreads {
-                try thread.pause()
                 pausedThreads.append(thread)
+                try thread.pause()
             }
             do {
                 return try vm.captureState()
