@@ -45,6 +45,8 @@ public final class Machine: Sendable {
 
     public let config: VMConfig
     public let memory: GuestMemory
+    /// Guest RAM's memory slots, with dirty logging on demand.
+    let memoryManager: MemoryManager
     public let plan: BootPlan
     /// The kernel command line the guest received.
     public let commandLine: String
@@ -137,9 +139,7 @@ public final class Machine: Sendable {
             throw MachineError("guest RAM needs \(memory.regions.count) memory slots but KVM offers \(hypervisor.memorySlotLimit)")
         }
         do {
-            for (slot, region) in memory.regions.enumerated() {
-                try vm.mapMemory(slot: UInt32(slot), guestAddress: region.guestAddress, size: region.size, host: region.host)
-            }
+            memoryManager = try MemoryManager(memory: memory, vm: vm)
         } catch {
             throw MachineError(error.description)
         }

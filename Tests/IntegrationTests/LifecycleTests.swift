@@ -39,6 +39,7 @@ final class BackgroundMachine: Sendable {
 
 /// Commands on the VMM thread: each answered with a typed reply or a typed error.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct VMMCommandTests {
+    /// The console guest, waiting for input that never comes.
     static func waitingGuest() throws -> VMConfig {
         VMConfig(kernel: try Repository.guest("console"), cmdline: "expect-input=1 timeout=100000000000000",
                  virtioConsole: true, name: "commands")
@@ -208,6 +209,38 @@ func waitUntil(within seconds: Double = 20, _ condition: () -> Bool) -> Bool {
         #expect(running.console.text.contains("wrote and verified \(mib) MiB"), "\(running.console.text)")
     }
 
+    @Test func theGuestsClockDoesNotCountThePause() throws {
+        let running = try BackgroundMachine(try VMMCommandTests.waitingGuest())
+        let vm = running.machine.vm
+        let before = try vm.captureState().clockNanoseconds
+        #expect(try running.machine.execute(.pause) == .state(.paused))
+        usleep(1_000_000)
+        #expect(try running.machine.execute(.resume) == .state(.running))
+        let after = try vm.captureState().clockNanoseconds
+        #expect(after >= before)
+        #expect(after - before < 500_000_000, "the guest's clock advanced \(after - before) ns over a pause of one second")
+        #expect(running.finish() == .stoppedByHost(reason: "test finished"))
+    }
+
+    /// KVM logs the pages the guest writes once a slot's dirty logging is on, and the VMM's own writes are recorded
+    /// beside them while tracking is on.
+    @Test func dirtyLoggingSeesTheGuestsWritesAndWrittenPagesTheVMMs() throws {
+        let mib: UInt64 = 960
+        let running = try BackgroundMachine(try Self.memtouch(mib: mib))
+        let machine = running.machine
+        try #require(waitUntil { writtenPages(machine, mib: mib) > 0 }, "memtouch never started writing")
+        try machine.memoryManager.setDirtyLogging(true, slot: 0)
+        #expect(machine.memoryManager.isLogging(slot: 0))
+        usleep(200_000)
+        let dirty = try machine.memoryManager.takeDirtyLog(slot: 0).reduce(0) { $0 + $1.nonzeroBitCount }
+        #expect(dirty > 0, "no page logged while memtouch writes")
+        try machine.memoryManager.setDirtyLogging(false, slot: 0)
+        machine.memory.writtenPages.setTracking(true)
+        try machine.memory.store(UInt64(0), at: 0x7000)
+        #expect(machine.memory.writtenPages.pages().contains(7))
+        #expect(running.outcome(within: 90) == .guestExit(0))
+    }
+
     /// The blk guest keeps requests in flight (16 at once in its bench) while it is paused and resumed again and
     /// again; every request completes and the pattern it wrote reads back whole.
     @Test(arguments: [DiskSetting.AIO.threads, .ioUring]) func aBlockGuestWithRequestsInFlightCompletesThemAll(aio: DiskSetting.AIO) throws {
@@ -221,7 +254,7 @@ func waitUntil(within seconds: Double = 20, _ condition: () -> Bool) -> Bool {
         let write = try boot(VMConfig(kernel: try Repository.guest("blk"), cmdline: "seed=5", disks: [disk]))
         #expect(write.outcome == .guestExit(0), "\(write.output)")
         try pauseAndResumeRepeatedly(VMConfig(kernel: try Repository.guest("blk"),
-                                              cmdline: "mode=bench qd=16 bench-cycles=3000000000 seed=5", disks: [disk]))
+                                              cmdline: "mode=bench qd=16 bench-cycles=3000000000 timeout=100000000000 seed=5", disks: [disk]))
         // The bench's machine lets go of the disk when its run thread has let go of it.
         var check: GuestRun?
         #expect(waitUntil(within: 10) {
