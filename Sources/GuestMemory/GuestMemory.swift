@@ -204,6 +204,16 @@ public final class GuestMemory: Sendable {
         throw .outOfRange(address: address, length: length)
     }
 
+    /// Records `[address, address + length)` as written by the VMM, for memory written through a pointer taken
+    /// earlier (a virtqueue's used ring). Costs one atomic load while `writtenPages` is not tracking.
+    @inline(__always)
+    public func noteWritten(at address: UInt64, length: UInt64) {
+        guard writtenPages.isTracking else { return }
+        for region in regions where address >= region.guestAddress && address - region.guestAddress < region.size {
+            writtenPages.mark(offset: region.fileOffset + address - region.guestAddress, length: length)
+        }
+    }
+
     /// Whether `[address, address + length)` lies inside one RAM region.
     public func contains(_ address: UInt64, length: UInt64) -> Bool {
         (try? pointer(at: address, length: length)) != nil
