@@ -77,6 +77,15 @@ public struct MemoryOptions: Sendable, Equatable {
     }
 }
 
+/// How guest RAM mapped from an existing file is shared with that file.
+public enum MemorySharing: Sendable, Equatable {
+    /// MAP_PRIVATE: the guest starts from the file's contents, read in lazily as pages are first touched; its writes
+    /// stay in this process (a snapshot's memory file is never changed by the VM restored from it).
+    case privateCopy
+    /// MAP_SHARED: the guest's RAM is the file (a memfd another process handed over); writes go to it.
+    case shared
+}
+
 /// Guest RAM, split into regions around the MMIO hole: a shared memfd mapping, or anonymous private memory when
 /// it is mergeable (KSM scans nothing else). Every access is bounds-checked.
 ///
@@ -90,16 +99,16 @@ public final class GuestMemory: Sendable {
     public let regions: [MemoryRegion]
     /// Total RAM in bytes.
     public let size: UInt64
-    /// The memfd backing all regions; nil for anonymous memory.
+    /// The memfd or file backing all regions, owned (closed at deinit); nil for anonymous memory.
     let fileDescriptor: Int32?
+    /// How the regions share `fileDescriptor`.
+    let sharing: MemorySharing
+    /// The pages the VMM itself writes while tracking is on.
+    public let writtenPages: WrittenPages
 
     /// Creates `size` bytes of zeroed guest RAM.
-    public init(size: UInt64, options: MemoryOptions = MemoryOptions()) throws(GuestMemoryError) {
-        guard size >= Self.minimumSize else {
-            throw .invalidSize(size, reason: "at least \(Self.minimumSize >> 20) MiB is needed")
-        }
-        guard size % 4096 == 0 else { throw .invalidSize(size, reason: "must be a multiple of 4 KiB") }
-        guard size <= 1 << 46 else { throw .invalidSize(size, reason: "larger than the 64 TiB Tern supports") }
+    public convenience init(size: UInt64, options: MemoryOptions = MemoryOptions()) throws(GuestMemoryError) {
+        try Self.check(size)
         var fd: Int32?
         if !options.mergeable {
             let created = ckvm_memfd_create("tern-guest-ram")
@@ -111,11 +120,45 @@ public final class GuestMemory: Sendable {
             }
             fd = created
         }
+        try self.init(size: size, descriptor: fd, sharing: .shared, options: options)
+    }
+
+    /// Maps `size` bytes of existing guest RAM from `descriptor` (a memory file written by a snapshot, or a memfd),
+    /// laid out around the MMIO hole as `init(size:)` lays it out. The memory takes ownership of `descriptor`: it is
+    /// closed when the memory goes away, or at once if this fails. Nothing is read until the guest touches it.
+    public convenience init(
+        adopting descriptor: Int32, size: UInt64, sharing: MemorySharing, hugePages: Bool = false
+    ) throws(GuestMemoryError) {
+        do throws(GuestMemoryError) {
+            try Self.check(size)
+            var status = stat()
+            guard fstat(descriptor, &status) == 0 else { throw .backingFailed(operation: "fstat", errno: errno) }
+            guard UInt64(status.st_size) >= size else {
+                throw .invalidSize(size, reason: "the backing file holds only \(status.st_size) bytes")
+            }
+        } catch {
+            close(descriptor)
+            throw error
+        }
+        try self.init(size: size, descriptor: descriptor, sharing: sharing, options: MemoryOptions(hugePages: hugePages))
+    }
+
+    private static func check(_ size: UInt64) throws(GuestMemoryError) {
+        guard size >= Self.minimumSize else {
+            throw .invalidSize(size, reason: "at least \(Self.minimumSize >> 20) MiB is needed")
+        }
+        guard size % 4096 == 0 else { throw .invalidSize(size, reason: "must be a multiple of 4 KiB") }
+        guard size <= 1 << 46 else { throw .invalidSize(size, reason: "larger than the 64 TiB Tern supports") }
+    }
+
+    /// Maps the regions from `fd` (owned; closed on failure) or anonymous memory.
+    private init(size: UInt64, descriptor fd: Int32?, sharing: MemorySharing, options: MemoryOptions) throws(GuestMemoryError) {
         var regions: [MemoryRegion] = []
         var offset: UInt64 = 0
         for range in MemoryLayout32.ranges(forSize: size) {
             let mapping = if let fd {
-                mmap(nil, Int(range.size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, off_t(offset))
+                mmap(nil, Int(range.size), PROT_READ | PROT_WRITE, (sharing == .shared ? MAP_SHARED : MAP_PRIVATE) | MAP_NORESERVE,
+                     fd, off_t(offset))
             } else {
                 mmap(nil, Int(range.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
             }
@@ -138,6 +181,8 @@ public final class GuestMemory: Sendable {
         self.regions = regions
         self.size = size
         fileDescriptor = fd
+        self.sharing = sharing
+        writtenPages = WrittenPages(bytes: size)
     }
 
     deinit {
@@ -145,16 +190,28 @@ public final class GuestMemory: Sendable {
         if let fileDescriptor { close(fileDescriptor) }
     }
 
-    /// The host pointer for `[address, address + length)`, which must lie inside one region.
+    /// The host pointer for `[address, address + length)`, which must lie inside one region. While
+    /// `writtenPages` is tracking, the range counts as written: devices reach guest RAM only through here.
     @inline(__always)
     public func pointer(at address: UInt64, length: UInt64) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
         for region in regions where address >= region.guestAddress {
             let offset = address - region.guestAddress
             if offset < region.size && length <= region.size - offset {
+                writtenPages.mark(offset: region.fileOffset + offset, length: length)
                 return region.host.advanced(by: Int(offset))
             }
         }
         throw .outOfRange(address: address, length: length)
+    }
+
+    /// Records `[address, address + length)` as written by the VMM, for memory written through a pointer taken
+    /// earlier (a virtqueue's used ring). Costs one atomic load while `writtenPages` is not tracking.
+    @inline(__always)
+    public func noteWritten(at address: UInt64, length: UInt64) {
+        guard writtenPages.isTracking else { return }
+        for region in regions where address >= region.guestAddress && address - region.guestAddress < region.size {
+            writtenPages.mark(offset: region.fileOffset + address - region.guestAddress, length: length)
+        }
     }
 
     /// Whether `[address, address + length)` lies inside one RAM region.
@@ -219,14 +276,15 @@ public final class GuestMemory: Sendable {
     /// Gives the host back the pages of `[guestAddress, guestAddress + length)`, which must lie inside one region
     /// and start and end on a 4 KiB boundary. The range is punched out of the memfd (MADV_REMOVE), or dropped from
     /// anonymous memory (MADV_DONTNEED), so the host's resident memory drops; the pages read as zero afterwards and
-    /// are faulted in again when touched.
+    /// are faulted in again when touched. (In a private copy of a file they read as the file's contents again.)
     public func discard(guestAddress: UInt64, length: UInt64) throws(GuestMemoryError) {
         guard guestAddress % Self.discardPageSize == 0, length % Self.discardPageSize == 0 else {
             throw .unaligned(address: guestAddress, length: length)
         }
         let host = try pointer(at: guestAddress, length: length)
         guard length > 0 else { return }
-        guard madvise(host, Int(length), fileDescriptor == nil ? MADV_DONTNEED : MADV_REMOVE) == 0 else {
+        let advice = fileDescriptor != nil && sharing == .shared ? MADV_REMOVE : MADV_DONTNEED
+        guard madvise(host, Int(length), advice) == 0 else {
             throw .discardFailed(address: guestAddress, length: length, errno: errno)
         }
     }

@@ -4,7 +4,7 @@ import VirtioDevices
 
 /// One command on a VM's control socket: a JSON object on one line.
 ///
-/// Commands: `status` (the state, and the VM's name when it has one); `stop`; `balloon` with `target` (the balloon's size, such as "512M": memory the guest gives
+/// Commands: `status` (the state, and the VM's name when it has one); `stop`; `pause`; `resume`; `balloon` with `target` (the balloon's size, such as "512M": memory the guest gives
 /// back; "0" returns it all); `balloon-statistics` (the guest's last memory statistics and the balloon's size).
 public struct ControlRequest: Codable, Sendable, Equatable {
     public var command: String
@@ -20,7 +20,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
 public struct ControlResponse: Codable, Sendable, Equatable {
     public var ok: Bool
     public var error: String?
-    /// `status`: "running" or "stopping".
+    /// `status` and commands that change it: "running", "paused" or "stopping".
     public var state: String?
     /// `status`: the VM's name, when it has one.
     public var name: String?
@@ -344,44 +344,48 @@ public enum ControlClient {
     }
 }
 
-extension Machine {
-    /// Carries out one control-socket command.
-    func handleControl(_ request: ControlRequest) -> ControlResponse {
-        switch request.command {
-        case "status":
-            return ControlResponse(ok: true, state: control.isStopping ? "stopping" : "running", name: config.name)
-        case "stop":
-            control.stop(.stoppedByHost(reason: "stop requested on the control socket"))
-            return ControlResponse(ok: true, state: "stopping")
-        case "balloon", "balloon-statistics":
-            return balloonControl(request)
+extension ControlRequest {
+    /// The VMM command this request names.
+    func vmmCommand() throws(VMMError) -> VMMCommand {
+        switch command {
+        case "status": return .status
+        case "stop": return .stop
+        case "pause": return .pause
+        case "resume": return .resume
+        case "balloon-statistics": return .balloonStatistics
+        case "balloon":
+            guard let target else { throw .invalidArgument("balloon needs a target size, such as \"256M\"") }
+            guard target != "0" else { return .setBalloonTarget(bytes: 0) }
+            do {
+                return .setBalloonTarget(bytes: try MemorySize(parsing: target).bytes)
+            } catch {
+                throw .invalidArgument(error.description)
+            }
         default:
-            return .failure("unknown command '\(request.command)'; use status, stop, balloon or balloon-statistics")
+            throw .invalidArgument("unknown command '\(command)'; use status, stop, pause, resume, balloon or balloon-statistics")
+        }
+    }
+}
+
+extension ControlResponse {
+    /// The answer that reports `reply`.
+    init(_ reply: VMMReply) {
+        switch reply {
+        case .state(let state): self.init(ok: true, state: state.rawValue)
+        case .status(let state, let name): self.init(ok: true, state: state.rawValue, name: name)
+        case .balloon(let report): self.init(ok: true, balloon: report)
         }
     }
 }
 
 extension Machine {
-    /// `balloon` sets the balloon's size; both commands report it with the guest's last statistics and ask the
-    /// guest for fresh ones.
-    func balloonControl(_ request: ControlRequest) -> ControlResponse {
-        guard let balloon else { return .failure("this VM has no balloon; start it with --balloon") }
-        if request.command == "balloon" {
-            guard let text = request.target else { return .failure("balloon needs a target size, such as \"256M\"") }
-            let target: MemorySize
-            do {
-                target = text == "0" ? MemorySize(bytes: 0) : try MemorySize(parsing: text)
-            } catch {
-                return .failure(error.description)
-            }
-            guard target.bytes <= config.memory.bytes else {
-                return .failure("balloon \(target) is larger than the guest's \(config.memory) of RAM")
-            }
-            balloon.setTarget(bytes: target.bytes)
+    /// Answers one control-socket request by sending its command to the VMM thread and waiting for the reply.
+    func handleControl(_ request: ControlRequest) -> ControlResponse {
+        do {
+            return ControlResponse(try execute(try request.vmmCommand()))
+        } catch {
+            return .failure(error.description)
         }
-        balloon.requestStatistics()
-        return ControlResponse(ok: true, balloon: BalloonReport(targetBytes: balloon.targetBytes, actualBytes: balloon.actualBytes,
-                                                                statistics: balloon.latestStatistics?.named ?? [:]))
     }
 }
 

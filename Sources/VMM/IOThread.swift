@@ -9,9 +9,28 @@ import Virtio
 /// and host descriptors that devices watch at any time through a `HostEventWatcher`, edge-triggered, whose
 /// readiness goes to the owning device's dispatcher. An epoll entry's data says which: the top bit marks a
 /// host descriptor, with the device's index above the device's 32-bit token; otherwise it is the eventfd.
+///
+/// The VMM thread pauses it with `pause()`: the thread finishes the event in hand, has each device finish its
+/// requests in flight (`VirtioDevice.quiesce()`), acknowledges and takes no event until `resume()`. Notifications
+/// and host readiness that arrive meanwhile stay in their eventfds and in epoll, and are served after the resume.
 final class IOThread: @unchecked Sendable {
+    enum Command: Sendable {
+        case pause
+        case resume
+    }
+
+    /// Longest a paused thread may take to finish the work in hand.
+    static let pauseTimeoutMilliseconds = 5000
+
     private let poller: Int32
+    /// Signals `commands` (and the stop) to the thread's epoll loop.
     private let wake = WakeEvent()
+    private let commands = Mailbox<(sequence: UInt64, command: Command)>()
+    private let acknowledgements = Mailbox<UInt64>()
+    /// Written by the VMM thread only.
+    private var lastSequence: UInt64 = 0
+    /// What each device does to finish its requests in flight before a pause; filled before `start`.
+    private var quiescers: [@Sendable () -> Void] = []
     /// Handlers by eventfd; filled before `start` and only read afterwards.
     private var handlers: [Int32: @Sendable () -> Void] = [:]
     /// Host-event dispatchers by device index; filled before `start` and only read afterwards.
@@ -60,14 +79,45 @@ final class IOThread: @unchecked Sendable {
         return DeviceWatcher(poller: poller, device: UInt64(dispatchers.count - 1))
     }
 
+    /// Has `quiesce` run on this thread when it pauses, after the event in hand. Call before `start`.
+    func onPause(_ quiesce: @escaping @Sendable () -> Void) {
+        quiescers.append(quiesce)
+    }
+
+    /// Asks the thread to finish the work in hand and take no further event, and waits (boundedly) until it has.
+    /// Call from the VMM thread only.
+    func pause() throws(VMMError) {
+        try send(.pause)
+    }
+
+    /// Lets a paused thread take events again. Call from the VMM thread only.
+    func resume() throws(VMMError) {
+        try send(.resume)
+    }
+
+    private func send(_ command: Command) throws(VMMError) {
+        guard thread != nil else { return }
+        lastSequence += 1
+        let sequence = lastSequence
+        guard commands.send((sequence, command)) else { throw .stopped }
+        wake.signal()
+        let deadline = monotonicMilliseconds() + Int64(Self.pauseTimeoutMilliseconds)
+        while let acknowledged = acknowledgements.receive(waitingAtMost: Int(max(0, deadline - monotonicMilliseconds()))) {
+            if acknowledged == sequence { return }
+        }
+        throw .ioThreadUnresponsive(name: name, milliseconds: Self.pauseTimeoutMilliseconds)
+    }
+
     /// Starts the thread, unless there is nothing to wait for.
     func start() {
         guard !handlers.isEmpty || !dispatchers.isEmpty else { return }
         thread = spawnThread(named: name) { [self] in loop() }
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the thread (paused or not) and waits for it.
     func stop() {
+        commands.close()
+        acknowledgements.close()
         wake.signal()
         if let thread { pthread_join(thread, nil) }
         thread = nil
@@ -91,11 +141,30 @@ final class IOThread: @unchecked Sendable {
                     continue
                 }
                 let descriptor = Int32(bitPattern: UInt32(truncatingIfNeeded: data))
-                if descriptor == wake.descriptor { return }
                 _ = read(descriptor, &counter, 8)
+                if descriptor == wake.descriptor {
+                    guard obeyCommands() else { return }
+                    continue
+                }
                 handlers[descriptor]?()
             }
         }
+    }
+
+    /// Carries out the queued commands; after a pause, waits for the resume. Returns false when the thread must end.
+    private func obeyCommands() -> Bool {
+        var paused = false
+        while let next = paused ? commands.receive() : commands.poll() {
+            switch next.command {
+            case .pause:
+                if !paused { for quiesce in quiescers { quiesce() } }
+                paused = true
+            case .resume:
+                paused = false
+            }
+            acknowledgements.send(next.sequence)
+        }
+        return !paused && !commands.isClosed
     }
 
     private static func kind(_ events: UInt32) -> HostEventKind {

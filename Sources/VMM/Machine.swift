@@ -47,6 +47,8 @@ public final class Machine: Sendable {
 
     public let config: VMConfig
     public let memory: GuestMemory
+    /// Guest RAM's memory slots, with dirty logging on demand.
+    let memoryManager: MemoryManager
     /// How the kernel was loaded; nil when the guest starts from firmware.
     public let plan: BootPlan?
     /// The kernel command line the guest received.
@@ -58,6 +60,10 @@ public final class Machine: Sendable {
     let cpuid: CPUIDPolicy
     let logger: Logger
     let control = MachineControl()
+    /// The vCPUs' command channels.
+    let vcpus: VCPUManager
+    /// Commands for the VMM thread (the thread in `run`), from the control socket and `execute(_:)`.
+    let commands = CommandQueue()
     /// Runs device work signalled through ioeventfds.
     /// One I/O thread per VirtIO device, as Cloud Hypervisor has: a slow disk never delays the network.
     let ioThreads: [IOThread]
@@ -84,6 +90,7 @@ public final class Machine: Sendable {
             throw MachineError(error.description)
         }
         self.config = config
+        vcpus = VCPUManager(count: config.cpus, control: control)
         var logger = logger
         if let name = config.name { logger[metadataKey: "vm"] = "\(name)" }
         self.logger = logger
@@ -140,9 +147,7 @@ public final class Machine: Sendable {
             throw MachineError("guest RAM needs \(memory.regions.count) memory slots but KVM offers \(hypervisor.memorySlotLimit)")
         }
         do {
-            for (slot, region) in memory.regions.enumerated() {
-                try vm.mapMemory(slot: UInt32(slot), guestAddress: region.guestAddress, size: region.size, host: region.host)
-            }
+            memoryManager = try MemoryManager(memory: memory, vm: vm)
         } catch {
             throw MachineError(error.description)
         }
@@ -324,7 +329,9 @@ public final class Machine: Sendable {
     /// Hands bytes typed on the host to the guest's console: the virtio-console when there is one, else COM1.
     /// Returns how many leading bytes the guest had room for; the rest are dropped.
     @discardableResult
+    /// While the VM is paused the guest takes nothing: every byte is dropped.
     public func typeIntoConsole(_ bytes: [UInt8]) -> Int {
+        guard !control.isPaused else { return 0 }
         guard let consoleTransport else {
             return serial.receive(bytes)
         }

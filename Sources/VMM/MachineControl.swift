@@ -7,10 +7,12 @@ final class MachineControl: Sendable {
         var outcome: MachineOutcome?
         var kickers: [Int: VCPUKicker] = [:]
         var threadIDs: [Int: Int32] = [:]
+        var stopActions: [@Sendable () -> Void] = []
     }
 
     private let state = Mutex(State())
     private let stopping = Atomic<Bool>(false)
+    private let paused = Atomic<Bool>(false)
     /// Signalled once when the machine stops.
     let finished = WakeEvent()
 
@@ -18,10 +20,34 @@ final class MachineControl: Sendable {
     @inline(__always)
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
 
+    /// Whether the VMM thread has paused the machine.
+    var isPaused: Bool { paused.load(ordering: .acquiring) }
+
+    /// Records that the machine is paused or running; the VMM thread alone calls this.
+    func setPaused(_ value: Bool) {
+        paused.store(value, ordering: .releasing)
+    }
+
     /// Why the machine stopped, once it has.
     var outcome: MachineOutcome? { state.withLock { $0.outcome } }
 
     var threadIDs: [Int: Int32] { state.withLock { $0.threadIDs } }
+
+    /// Runs `action` once when the machine stops (at once if it has): wakes threads that wait for commands.
+    func whenStopping(_ action: @escaping @Sendable () -> Void) {
+        let stopped: Bool = state.withLock { state in
+            if state.outcome == nil { state.stopActions.append(action) }
+            return state.outcome != nil
+        }
+        if stopped { action() }
+    }
+
+    /// Makes vCPU `index` leave the guest, if it has started and not yet ended.
+    func kick(_ index: Int) {
+        state.withLock { state in
+            if let kicker = state.kickers[index] { kicker.kick() }
+        }
+    }
 
     /// Ends the machine with `outcome` unless it already ended, and kicks every vCPU out of the guest.
     ///
@@ -29,14 +55,17 @@ final class MachineControl: Sendable {
     /// enters the guest, and one that unregisters (before its run area is unmapped and its thread ends) is never
     /// kicked afterwards.
     func stop(_ outcome: MachineOutcome) {
-        let stopped: Bool = state.withLock { state in
-            guard state.outcome == nil else { return false }
+        let actions: [@Sendable () -> Void]? = state.withLock { state in
+            guard state.outcome == nil else { return nil }
             state.outcome = outcome
             stopping.store(true, ordering: .releasing)
             for kicker in state.kickers.values { kicker.kick() }
-            return true
+            defer { state.stopActions = [] }
+            return state.stopActions
         }
-        if stopped { finished.signal() }
+        guard let actions else { return }
+        for action in actions { action() }
+        finished.signal()
     }
 
     /// Records a started vCPU so that `stop` can reach it.

@@ -51,11 +51,7 @@ extension Machine {
         }
         controlServer?.start { [self] request in handleControl(request) }
         for thread in ioThreads { thread.start() }
-        let statisticsTimer = config.balloon?.statisticsInterval.flatMap { interval in
-            balloon.flatMap { balloon in spawnThread(named: "balloon-stats") { [self] in requestBalloonStatistics(balloon, every: interval) } }
-        }
-        waitForStop()
-        if let statisticsTimer { pthread_join(statisticsTimer, nil) }
+        serveCommands()
         controlServer?.shutdown()
         for thread in threads { pthread_join(thread, nil) }
         for thread in ioThreads { thread.stop() }
@@ -68,30 +64,6 @@ extension Machine {
         }
         input?.stop()
         return control.outcome ?? .failed("the VM stopped without a reason")
-    }
-
-    /// Asks the guest for fresh balloon statistics every `interval` seconds until the machine stops.
-    private func requestBalloonStatistics(_ balloon: Balloon, every interval: UInt32) {
-        var stopped = pollfd(fd: control.finished.descriptor, events: Int16(POLLIN), revents: 0)
-        while !control.isStopping {
-            let count = poll(&stopped, 1, Int32(interval) * 1000)
-            if count < 0 && errno != EINTR { return }
-            if count == 0 { balloon.requestStatistics() }
-        }
-    }
-
-    /// Blocks until the machine stops.
-    private func waitForStop() {
-        var finished = pollfd(fd: control.finished.descriptor, events: Int16(POLLIN), revents: 0)
-        while !control.isStopping || control.outcome == nil {
-            let count = poll(&finished, 1, -1)
-            if count < 0 {
-                if errno == EINTR { continue }
-                control.stop(.failed("poll: \(String(cString: strerror(errno)))"))
-                return
-            }
-            if finished.revents & Int16(POLLIN) != 0 { return }
-        }
     }
 
     /// The body of vCPU `index`'s thread: pin, create and set up the vCPU, wait for the others, then run the guest.
@@ -126,19 +98,24 @@ extension Machine {
         hooks.vcpuStarted?(index, threadID)
         gate.arriveAndWait()
         withExtendedLifetime(vcpu) {
-            runLoop(vcpu, index: index)
+            runLoop(vcpu, index: index, channel: vcpus.channels[index])
             control.unregister(index: index)
         }
     }
 
-    /// Enters the guest and handles exits until the machine stops. Allocation-free on the I/O paths.
-    private func runLoop(_ vcpu: VCPU, index: Int) {
+    /// Enters the guest and handles exits until the machine stops, obeying the commands on `channel` between two
+    /// entries. Allocation-free on the I/O paths.
+    private func runLoop(_ vcpu: VCPU, index: Int, channel: VCPUChannel) {
         let ports = portBus
         let mmio = mmioBus
         var assists = 0
         // Read once: with tracing off (anything below -vv) the loop pays one predictable branch per exit.
         let tracing = logger.logLevel <= .trace
         while !control.isStopping {
+            if channel.hasCommands {
+                obeyCommands(vcpu, index: index, channel: channel, ports: ports, mmio: mmio, assists: &assists)
+                continue
+            }
             let exit: VCPUExit
             do {
                 exit = try vcpu.run()
@@ -147,55 +124,114 @@ extension Machine {
                 return
             }
             if tracing { logger.trace("vCPU \(index): exit \(exit.traceDescription)") }
-            switch exit {
-            case .portOut(let port, let size, let count, let data):
-                var item = UnsafeRawPointer(data)
-                for _ in 0..<count {
-                    ports.write(UInt64(port), from: UnsafeRawBufferPointer(start: item, count: size))
-                    item += size
+            handle(exit, vcpu: vcpu, index: index, ports: ports, mmio: mmio, assists: &assists)
+        }
+    }
+
+    /// Carries out the commands queued on `channel`, on the vCPU's own thread. After `pause` it waits for more
+    /// (until `resume`, or the machine stops); otherwise it returns once the queue is empty.
+    private func obeyCommands(_ vcpu: VCPU, index: Int, channel: VCPUChannel, ports: Bus, mmio: Bus, assists: inout Int) {
+        var paused = false
+        while let next = channel.nextCommand(wait: paused) {
+            let result: Result<VCPUReply, KVMError>
+            switch next.command {
+            case .pause:
+                if !paused {
+                    completePendingExit(vcpu, index: index, ports: ports, mmio: mmio, assists: &assists)
+                    do {
+                        try vcpu.noteClockPaused()
+                    } catch {
+                        logger.warning("vCPU \(index): \(error)")
+                    }
+                    paused = true
                 }
-            case .portIn(let port, let size, let count, let data):
-                var item = data
-                for _ in 0..<count {
-                    ports.read(UInt64(port), into: UnsafeMutableRawBufferPointer(start: item, count: size))
-                    item += size
+                result = .success(.paused)
+            case .resume:
+                paused = false
+                result = .success(.resumed)
+            case .captureState(let msrIndices, let extendedStateSize):
+                result = Result { () throws(KVMError) in
+                    .captured(try vcpu.captureState(msrIndices: msrIndices, extendedStateSize: extendedStateSize))
                 }
-            case .mmioWrite(let address, let length, let data):
-                if !mmio.write(address, from: UnsafeRawBufferPointer(start: data, count: length)) {
-                    logger.debug("vCPU \(index): write to unclaimed MMIO address 0x\(String(address, radix: 16))")
+            case .restoreState(let state):
+                result = Result { () throws(KVMError) in
+                    try vcpu.restoreState(state)
+                    return .restored
                 }
-            case .mmioRead(let address, let length, let data):
-                mmio.read(address, into: UnsafeMutableRawBufferPointer(start: data, count: length))
-            case .interrupted:
-                continue
-            case .shutdown:
-                control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
-                                                                   exit: "KVM_EXIT_SHUTDOWN (triple fault)")))
-            case .systemEvent(let type):
-                switch Int32(type) {
-                case KVM_SYSTEM_EVENT_SHUTDOWN: control.stop(.powerOff)
-                case KVM_SYSTEM_EVENT_RESET: control.stop(.reset)
-                default:
-                    control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
-                                                                       exit: "KVM_EXIT_SYSTEM_EVENT type \(type) (guest crash)")))
-                }
-            case .internalError(let suberror, _) where Int32(suberror) == KVM_INTERNAL_ERROR_EMULATION
-                && InstructionAssist.handleEmulationFailure(vcpu, memory: memory):
-                assists += 1
-                continue
-            case .internalError(let suberror, let data):
-                if assists > 0 { logger.info("vCPU \(index): completed \(assists) instructions the host's KVM could not emulate") }
-                control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
-                                                                   exit: CrashReport.internalError(suberror: suberror, data: data))))
-            case .failedEntry(let reason, let cpu):
-                control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
-                                                                   exit: "KVM_EXIT_FAIL_ENTRY (hardware reason 0x\(String(reason, radix: 16)) on host CPU \(cpu))")))
-            case .halt:
-                control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory, exit: "KVM_EXIT_HLT")))
-            case .other(let reason):
-                control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
-                                                                   exit: "unhandled exit reason \(reason)")))
             }
+            channel.answer(next.sequence, result)
+            if !paused && !channel.hasCommands { return }
+        }
+    }
+
+    /// Re-enters KVM_RUN with `immediate_exit` set, so that KVM finishes the instruction whose port or MMIO access
+    /// was just handled (its guest state is consistent only then) and returns without running the guest further.
+    /// A string instruction may need more exits before it completes; they are handled too.
+    private func completePendingExit(_ vcpu: VCPU, index: Int, ports: Bus, mmio: Bus, assists: inout Int) {
+        while !control.isStopping {
+            vcpu.kicker.kick()
+            let exit: VCPUExit
+            do {
+                exit = try vcpu.run()
+            } catch {
+                control.stop(.failed("vCPU \(index): \(error)"))
+                return
+            }
+            if case .interrupted = exit { return }
+            handle(exit, vcpu: vcpu, index: index, ports: ports, mmio: mmio, assists: &assists)
+        }
+    }
+
+    /// Handles one exit from the guest.
+    @inline(__always)
+    private func handle(_ exit: VCPUExit, vcpu: VCPU, index: Int, ports: Bus, mmio: Bus, assists: inout Int) {
+        switch exit {
+        case .portOut(let port, let size, let count, let data):
+            var item = UnsafeRawPointer(data)
+            for _ in 0..<count {
+                ports.write(UInt64(port), from: UnsafeRawBufferPointer(start: item, count: size))
+                item += size
+            }
+        case .portIn(let port, let size, let count, let data):
+            var item = data
+            for _ in 0..<count {
+                ports.read(UInt64(port), into: UnsafeMutableRawBufferPointer(start: item, count: size))
+                item += size
+            }
+        case .mmioWrite(let address, let length, let data):
+            if !mmio.write(address, from: UnsafeRawBufferPointer(start: data, count: length)) {
+                logger.debug("vCPU \(index): write to unclaimed MMIO address 0x\(String(address, radix: 16))")
+            }
+        case .mmioRead(let address, let length, let data):
+            mmio.read(address, into: UnsafeMutableRawBufferPointer(start: data, count: length))
+        case .interrupted:
+            break
+        case .shutdown:
+            control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
+                                                               exit: "KVM_EXIT_SHUTDOWN (triple fault)")))
+        case .systemEvent(let type):
+            switch Int32(type) {
+            case KVM_SYSTEM_EVENT_SHUTDOWN: control.stop(.powerOff)
+            case KVM_SYSTEM_EVENT_RESET: control.stop(.reset)
+            default:
+                control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
+                                                                   exit: "KVM_EXIT_SYSTEM_EVENT type \(type) (guest crash)")))
+            }
+        case .internalError(let suberror, _) where Int32(suberror) == KVM_INTERNAL_ERROR_EMULATION
+            && InstructionAssist.handleEmulationFailure(vcpu, memory: memory):
+            assists += 1
+        case .internalError(let suberror, let data):
+            if assists > 0 { logger.info("vCPU \(index): completed \(assists) instructions the host's KVM could not emulate") }
+            control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
+                                                               exit: CrashReport.internalError(suberror: suberror, data: data))))
+        case .failedEntry(let reason, let cpu):
+            control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
+                                                               exit: "KVM_EXIT_FAIL_ENTRY (hardware reason 0x\(String(reason, radix: 16)) on host CPU \(cpu))")))
+        case .halt:
+            control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory, exit: "KVM_EXIT_HLT")))
+        case .other(let reason):
+            control.stop(.crashed(report: CrashReport.describe(vcpu: vcpu, index: index, memory: memory,
+                                                               exit: "unhandled exit reason \(reason)")))
         }
     }
 }

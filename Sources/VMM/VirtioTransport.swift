@@ -85,6 +85,7 @@ extension Machine {
                                                 debugLog: { [logger] line in logger.debug("\(name): \(line)") },
                                                 errorLog: { [logger] line in logger.warning("\(name): \(line)") })
             reference.bind(transport)
+            ioThread.onPause { transport.withDevice { $0.quiesce() } }
             do {
                 try bus.register(transport, base: UInt64(slot.base), length: UInt64(slot.size))
             } catch {
@@ -206,6 +207,7 @@ extension Machine {
                                                debugLog: { [logger] line in logger.debug("\(name): \(line)") },
                                                errorLog: { [logger] line in logger.warning("\(name): \(line)") })
             reference.bind(transport)
+            ioThread.onPause { transport.withDevice { $0.quiesce() } }
             var descriptors: [Int32] = []
             var offsets: [UInt64] = []
             for queue in 0..<transport.queueCount {

@@ -15,6 +15,23 @@ import Synchronization
 ///         while try queue.nextChain(into: &chain) { …; queue.addUsed(head: chain.head, length: written) }
 ///         if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
 ///     } while queue.enableNotifications()
+/// Where the device stands in a queue: everything about a split queue that lives outside guest memory, which a
+/// paused device saves and a restored one resumes from.
+public struct QueuePosition: Sendable, Equatable {
+    /// The available-ring index of the next chain the device will pop (last_avail_idx).
+    public var lastAvailableIndex: UInt16
+    /// The device's used-ring index, as last published in used.idx.
+    public var usedIndex: UInt16
+    /// `usedIndex` when the device last decided whether to notify the driver (EVENT_IDX's old index).
+    public var signalledUsedIndex: UInt16
+
+    public init(lastAvailableIndex: UInt16, usedIndex: UInt16, signalledUsedIndex: UInt16) {
+        self.lastAvailableIndex = lastAvailableIndex
+        self.usedIndex = usedIndex
+        self.signalledUsedIndex = signalledUsedIndex
+    }
+}
+
 public struct SplitQueue: Sendable {
     /// The largest split queue size.
     public static let maximumSize: UInt16 = 32768
@@ -33,6 +50,8 @@ public struct SplitQueue: Sendable {
     private var signalledUsedIndex: UInt16 = 0
 
     private let memory: GuestMemory
+    /// The used ring's guest address: the device's writes there are recorded in `GuestMemory.writtenPages`.
+    private let usedRingAddress: UInt64
     private nonisolated(unsafe) let descriptors: UnsafeMutableRawPointer
     private nonisolated(unsafe) let available: UnsafeMutableRawPointer
     private nonisolated(unsafe) let used: UnsafeMutableRawPointer
@@ -71,6 +90,7 @@ public struct SplitQueue: Sendable {
         if overlapsUsed(descriptorTable, tableLength) { throw .overlappingRings(.usedRing, .descriptorTable) }
         if overlapsUsed(availableRing, availableLength) { throw .overlappingRings(.usedRing, .availableRing) }
         self.memory = memory
+        usedRingAddress = usedRing
         self.size = size
         usesEventIndex = eventIndex
         allowsIndirect = features.contains(.indirectDescriptors)
@@ -84,6 +104,19 @@ public struct SplitQueue: Sendable {
             throw .ringOutsideRAM(ring, address: address, length: length)
         }
         return pointer
+    }
+
+    /// The device's position in the queue.
+    public var position: QueuePosition {
+        QueuePosition(lastAvailableIndex: lastAvailableIndex, usedIndex: usedIndex, signalledUsedIndex: signalledUsedIndex)
+    }
+
+    /// Puts the device back where `position` says, as after a restore; the rings in guest memory are the driver's
+    /// and are not touched.
+    public mutating func restore(_ position: QueuePosition) {
+        lastAvailableIndex = position.lastAvailableIndex
+        usedIndex = position.usedIndex
+        signalledUsedIndex = position.signalledUsedIndex
     }
 
     /// Pops the next available chain into `chain`, which must hold at least `size` segments.
@@ -222,8 +255,10 @@ public struct SplitQueue: Sendable {
         T(littleEndian: base.loadUnaligned(fromByteOffset: offset, as: T.self))
     }
 
+    /// Writes into the used ring (the only ring the device writes) and records the write.
     @inline(__always)
     private func store<T: FixedWidthInteger>(_ value: T, _ base: UnsafeMutableRawPointer, _ offset: Int) {
         base.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+        memory.noteWritten(at: usedRingAddress + UInt64(offset), length: UInt64(MemoryLayout<T>.size))
     }
 }

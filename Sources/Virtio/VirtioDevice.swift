@@ -81,4 +81,14 @@ public protocol VirtioDevice {
     mutating func reset()
     /// A host descriptor the device watches through its `HostEventWatcher` became ready (on an I/O thread).
     mutating func hostEvent(token: UInt32, events: HostEventKind)
+    /// Finishes the requests in hand before the VM pauses: when it returns, no request is half done and the device
+    /// neither touches guest memory nor signals the driver until its next notification or host event. A device
+    /// with asynchronous work in flight (block I/O on workers or an io_uring) completes it here; the default, for
+    /// devices that finish each request within `notify` or `hostEvent`, does nothing.
+    mutating func quiesce()
+}
+
+extension VirtioDevice {
+    /// Devices that finish every request within `notify` or `hostEvent` have nothing in flight to finish.
+    public mutating func quiesce() {}
 }

@@ -7,14 +7,14 @@ struct Control: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Control a running VM through its --api-socket.",
         discussion: """
-            Commands: status; stop; balloon SIZE (ask the guest to give back memory until it has SIZE less, \
+            Commands: status; stop; pause (every vCPU and I/O thread stopped, the guest's clock held); resume; balloon SIZE (ask the guest to give back memory until it has SIZE less, \
             0 to return it all); balloon-statistics. The answer is printed as one JSON object.
             """)
 
     @Option(name: .customLong("api-socket"), help: ArgumentHelp("The socket the VM serves (tern run --api-socket).", valueName: "path"))
     var apiSocket: String
 
-    @Argument(help: "status | stop | balloon SIZE | balloon-statistics")
+    @Argument(help: "status | stop | pause | resume | balloon SIZE | balloon-statistics")
     var command: String
 
     @Argument(help: "The balloon size for `balloon`, with a K, M or G suffix.")
@@ -30,10 +30,10 @@ struct Control: ParsableCommand {
             } catch {
                 fail(error.description, status: 2)
             }
-        case "status", "stop", "balloon-statistics":
+        case "status", "stop", "pause", "resume", "balloon-statistics":
             if size != nil { fail("\(command) takes no size", status: 2) }
         default:
-            fail("unknown control command '\(command)'; use status, stop, balloon SIZE or balloon-statistics", status: 2)
+            fail("unknown control command '\(command)'; use status, stop, pause, resume, balloon SIZE or balloon-statistics", status: 2)
         }
         switch ControlClient.send(request, to: apiSocket) {
         case .failure(let error):

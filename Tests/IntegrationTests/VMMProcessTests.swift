@@ -185,6 +185,27 @@ private func temporaryPath(_ name: String) -> String {
         #expect(!exists(socket))
     }
 
+    @Test func ternControlPausesAndResumesTheVM() throws {
+        let (process, socket, disk) = try Self.startWaitingGuest(extra: ["--cpus", "2"])
+        defer { _ = unlinkFile(disk) }
+        func control(_ command: String) throws -> ProcessResult {
+            try runProcess([try Repository.ternBinary(), "control", "--api-socket", socket, command])
+        }
+        let paused = try control("pause")
+        #expect(paused.status == 0 && paused.stdout == #"{"ok":true,"state":"paused"}"# + "\n", "\(paused)")
+        #expect(try control("status").stdout.contains(#""state":"paused""#))
+        let again = try control("pause")
+        #expect(again.status == 1 && again.stderr.contains("cannot pause a VM that is paused"), "\(again)")
+        let resumed = try control("resume")
+        #expect(resumed.status == 0 && resumed.stdout == #"{"ok":true,"state":"running"}"# + "\n", "\(resumed)")
+        #expect(try control("status").stdout.contains(#""state":"running""#))
+        let wrong = try control("resume")
+        #expect(wrong.status == 1 && wrong.stderr.contains("cannot resume a VM that is running"), "\(wrong)")
+        #expect(try control("pause").status == 0)
+        #expect(try control("stop").status == 0)
+        #expect(process.finish().status == 130)
+    }
+
     @Test func aSilentClientDoesNotHoldUpAnother() throws {
         let (process, socket, disk) = try Self.startWaitingGuest()
         defer { _ = unlinkFile(disk) }

@@ -134,7 +134,7 @@ private enum UnixSocket {
         }
         client.start()
         let outcome = machine.run()
-        #expect(outcome == .stoppedByHost(reason: "stop requested on the control socket"))
+        #expect(outcome == .stoppedByHost(reason: "stop requested"))
         let responses = answers.withLock { $0 }
         try #require(responses.count == 4, "responses: \(responses)")
         #expect(responses[0].ok && responses[0].balloon?.targetBytes == 64 << 20)
