@@ -16,7 +16,7 @@ clang -O2 -fsanitize=address -I Sources/CKVM/include -c Sources/CKVM/ckvm.c -o "
 build_module() {
     local name="$1"; shift
     swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name "$name" -I "$MODULES" \
-        -I Sources/CZlib -I Sources/CZstd \
+        -I Sources/CZlib -I Sources/CZstd -I Sources/CURing \
         -emit-module -emit-module-path "$MODULES/$name.swiftmodule" -c "$@" -o "$OUT/ahci-$name.o"
 }
 build_module GuestMemory Sources/GuestMemory/*.swift
@@ -24,8 +24,8 @@ build_module Devices Sources/Devices/*.swift
 build_module Qcow2 Sources/Qcow2/*.swift
 build_module PCI Sources/PCI/*.swift
 build_module AHCI Sources/AHCI/*.swift
-swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name AHCIFuzz -I "$MODULES" -I Sources/CZlib -I Sources/CZstd \
-    fuzz/ahci/main.swift "$OUT"/ahci-{GuestMemory,Devices,Qcow2,PCI,AHCI}.o "$OUT/ahci-ckvm.o" -lz -lzstd \
+swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name AHCIFuzz -I "$MODULES" -I Sources/CZlib -I Sources/CZstd -I Sources/CURing \
+    fuzz/ahci/main.swift "$OUT"/ahci-{GuestMemory,Devices,Qcow2,PCI,AHCI}.o "$OUT/ahci-ckvm.o" -lz -lzstd -luring \
     -o "$OUT/ahci-fuzz"
 # Seed: a disk; header of slot 0 at 0x400 (CFL 5, one region, table 0x1000); a READ DMA EXT of LBA 1, one sector,
 # into 0x2000; the port started with the list at 0x400 and the FISes at 0x800; slot 0 issued.

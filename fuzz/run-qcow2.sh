@@ -9,7 +9,7 @@ OUT="$ROOT/fuzz/build"
 mkdir -p "$OUT/corpus"
 cd "$ROOT"
 swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name Qcow2Fuzz \
-    -I Sources/CZlib -I Sources/CZstd \
+    -I Sources/CZlib -I Sources/CZstd -I Sources/CURing \
     Sources/Qcow2/*.swift fuzz/qcow2/main.swift \
     -o "$OUT/qcow2-fuzz"
 # Seeds: small valid images of several shapes.

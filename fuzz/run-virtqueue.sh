@@ -12,7 +12,7 @@ cd "$ROOT"
 printf 'module CKVM {\n    header "%s/Sources/CKVM/include/CKVM.h"\n    export *\n}\n' "$ROOT" \
     > "$OUT/virtqueue-modules/module.modulemap"
 clang -O2 -fsanitize=address -I Sources/CKVM/include -c Sources/CKVM/ckvm.c -o "$OUT/virtqueue-ckvm.o"
-swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name GuestMemory -I "$OUT/virtqueue-modules" \
+swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name GuestMemory -I "$OUT/virtqueue-modules" \
     -emit-module -emit-module-path "$OUT/virtqueue-modules/GuestMemory.swiftmodule" \
     -c Sources/GuestMemory/*.swift -o "$OUT/virtqueue-guestmemory.o"
 swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name VirtqueueFuzz \
