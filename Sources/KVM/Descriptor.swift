@@ -29,23 +29,15 @@ func ioctlValue(_ fd: Int32, _ request: UInt, _ value: Int32 = 0, _ name: @autoc
 /// Issues an ioctl with a pointer argument, retrying on EINTR. Returns the result or throws with `name`.
 @inline(__always)
 func ioctlPointer(_ fd: Int32, _ request: UInt, _ pointer: UnsafeMutableRawPointer, _ name: @autoclosure () -> String) throws(KVMError) -> Int32 {
-    while true {
-        let result = ioctl(fd, request, pointer)
-        if result >= 0 { return result }
-        if errno == EINTR { continue }
-        throw .ioctlFailed(name(), errno: errno)
-    }
+    let result = retryingIoctl(fd, request, pointer)
+    if result < 0 { throw .ioctlFailed(name(), errno: errno) }
+    return result
 }
 
 /// Issues an ioctl whose argument is a value of type `T`, passed by address.
 @inline(__always)
 func ioctlStruct<T>(_ fd: Int32, _ request: UInt, _ value: inout T, _ name: @autoclosure () -> String) throws(KVMError) {
-    let result: Int32 = withUnsafeMutablePointer(to: &value) { pointer in
-        while true {
-            let result = ioctl(fd, request, UnsafeMutableRawPointer(pointer))
-            if result >= 0 || errno != EINTR { return result }
-        }
-    }
+    let result = withUnsafeMutablePointer(to: &value) { retryingIoctl(fd, request, UnsafeMutableRawPointer($0)) }
     if result < 0 { throw .ioctlFailed(name(), errno: errno) }
 }
 
@@ -65,6 +57,7 @@ func ioctlLoad(_ fd: Int32, _ request: UInt, _ image: [UInt8], _ name: @autoclos
 }
 
 /// ioctl with a pointer argument, retried on EINTR; returns its result, leaving errno set on failure.
+@inline(__always)
 func retryingIoctl(_ fd: Int32, _ request: UInt, _ pointer: UnsafeMutableRawPointer) -> Int32 {
     while true {
         let result = ioctl(fd, request, pointer)
