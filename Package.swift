@@ -69,7 +69,7 @@ let package = Package(
         .target(name: "Snapshot"),
         .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "KVM", "TestSupport"]),
         // The live-migration stream: addresses, frames, page batches sent from and received into guest memory.
-        .target(name: "Migration"),
+        .target(name: "Migration", dependencies: ["Snapshot"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "TestSupport"]),
         // AHCI (ICH9) SATA controller: ATA disks and ATAPI CD-ROMs over block backends, guest DMA checked.
         .target(name: "AHCI", dependencies: ["PCI", "Devices", "GuestMemory", "Qcow2"]),

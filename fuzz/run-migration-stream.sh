@@ -6,10 +6,14 @@ set -euo pipefail
 SECS="${1:-60}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$ROOT/fuzz/build"
-mkdir -p "$OUT/migration-stream-corpus"
+mkdir -p "$OUT/migration-stream-corpus" "$OUT/migration-stream-modules"
 cd "$ROOT"
-swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MigrationFuzz \
-    Sources/Migration/*.swift fuzz/migration-stream/main.swift -o "$OUT/migration-stream-fuzz"
+swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name Snapshot \
+    -emit-module -emit-module-path "$OUT/migration-stream-modules/Snapshot.swiftmodule" \
+    -c Sources/Snapshot/*.swift -o "$OUT/migration-stream-snapshot.o"
+swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MigrationFuzz -I "$OUT/migration-stream-modules" \
+    Sources/Migration/*.swift fuzz/migration-stream/main.swift "$OUT/migration-stream-snapshot.o" \
+    -o "$OUT/migration-stream-fuzz"
 python3 - "$OUT/migration-stream-corpus" <<'PY'
 import struct, sys
 def frame(kind, payload):

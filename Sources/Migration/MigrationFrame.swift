@@ -1,3 +1,5 @@
+import Snapshot
+
 /// The kinds of frame in a migration stream (docs/migration.md).
 public enum FrameKind: UInt8, Sendable {
     /// Source → destination, first: the stream version, the VM's configuration and its memory layout.
@@ -77,73 +79,53 @@ public struct MigrationHello: Equatable, Sendable {
     }
 
     public func encoded() -> [UInt8] {
-        var bytes: [UInt8] = []
-        append(version, to: &bytes)
-        append(UInt32(configuration.count), to: &bytes)
-        bytes += configuration
-        append(UInt32(regions.count), to: &bytes)
+        var writer = StateWriter()
+        writer.write(version)
+        writer.write(UInt32(configuration.count))
+        writer.writeRaw(configuration)
+        writer.write(UInt32(regions.count))
         for region in regions {
-            append(region.guestAddress, to: &bytes)
-            append(region.size, to: &bytes)
+            writer.write(region.guestAddress)
+            writer.write(region.size)
         }
-        return bytes
+        return writer.bytes
     }
 
     public init(decoding bytes: [UInt8]) throws(MigrationError) {
-        var cursor = ByteCursor(bytes)
-        version = try cursor.read()
-        guard version == Self.streamVersion else { throw .versionMismatch(local: Self.streamVersion, remote: version) }
-        let configurationLength = Int(try cursor.read(UInt32.self))
-        guard configurationLength <= Self.maximumConfiguration else {
-            throw .protocolViolation("a configuration of \(configurationLength) bytes")
+        var reader = StateReader(bytes, context: "the hello")
+        if let remote = try? reader.read(UInt32.self), remote != Self.streamVersion {
+            throw .versionMismatch(local: Self.streamVersion, remote: remote)
         }
-        configuration = try cursor.take(configurationLength)
-        let count = Int(try cursor.read(UInt32.self))
-        guard count > 0, count <= Self.maximumRegions else { throw .protocolViolation("\(count) memory regions") }
+        do throws(StateError) {
+            try self.init(reading: bytes)
+        } catch {
+            throw .protocolViolation(error.description)
+        }
+    }
+
+    private init(reading bytes: [UInt8]) throws(StateError) {
+        var reader = StateReader(bytes, context: "the hello")
+        version = try reader.read()
+        let configurationLength = Int(try reader.read(UInt32.self))
+        guard configurationLength <= Self.maximumConfiguration else {
+            throw .malformed("a configuration of \(configurationLength) bytes")
+        }
+        configuration = try reader.readRaw(count: configurationLength)
+        let count = Int(try reader.read(UInt32.self))
+        guard count > 0, count <= Self.maximumRegions else { throw .malformed("\(count) memory regions") }
         var regions: [(guestAddress: UInt64, size: UInt64)] = []
         var end: UInt64 = 0
         for _ in 0..<count {
-            let address: UInt64 = try cursor.read()
-            let size: UInt64 = try cursor.read()
+            let address: UInt64 = try reader.read()
+            let size: UInt64 = try reader.read()
             let (regionEnd, overflow) = address.addingReportingOverflow(size)
             guard size > 0, address % PageBatch.pageSize == 0, size % PageBatch.pageSize == 0, !overflow, address >= end else {
-                throw .protocolViolation("memory region 0x\(String(address, radix: 16))+0x\(String(size, radix: 16)) is not page-aligned, empty, overlapping or out of order")
+                throw .malformed("memory region 0x\(String(address, radix: 16))+0x\(String(size, radix: 16)) is not page-aligned, empty, overlapping or out of order")
             }
             end = regionEnd
             regions.append((address, size))
         }
-        guard cursor.isAtEnd else { throw .protocolViolation("\(cursor.remaining) bytes after the hello") }
+        try reader.finish()
         self.regions = regions
-    }
-}
-
-/// Appends `value` little-endian.
-func append<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
-    withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
-}
-
-/// Bounds-checked little-endian reading of a received payload.
-struct ByteCursor {
-    let bytes: [UInt8]
-    var position = 0
-
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-
-    var remaining: Int { bytes.count - position }
-    var isAtEnd: Bool { position == bytes.count }
-
-    mutating func read<T: FixedWidthInteger>(_ type: T.Type = T.self) throws(MigrationError) -> T {
-        let size = MemoryLayout<T>.size
-        guard remaining >= size else { throw .protocolViolation("a payload ends inside a field at offset \(position)") }
-        var value = T.zero
-        for index in 0..<size { value |= T(bytes[position + index]) << (8 * index) }
-        position += size
-        return value
-    }
-
-    mutating func take(_ count: Int) throws(MigrationError) -> [UInt8] {
-        guard count >= 0, remaining >= count else { throw .protocolViolation("a payload ends inside \(count) bytes at offset \(position)") }
-        defer { position += count }
-        return Array(bytes[position..<position + count])
     }
 }
