@@ -11,6 +11,10 @@ struct SocketAddress {
         switch address {
         case .unix(let path):
             var local = sockaddr_un()
+            // The path and its terminating zero must fit sun_path, however the address was made.
+            guard !path.isEmpty, path.utf8.count < MemoryLayout.size(ofValue: local.sun_path) else {
+                throw .badAddress(address.description)
+            }
             local.sun_family = sa_family_t(AF_UNIX)
             withUnsafeMutableBytes(of: &local.sun_path) { bytes in
                 for (index, byte) in path.utf8.enumerated() { bytes[index] = byte }

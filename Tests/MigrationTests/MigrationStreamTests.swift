@@ -162,5 +162,8 @@ private func background(_ body: @escaping @Sendable () -> Void) -> pthread_t {
             pthread_join(thread, nil)
         }
         #expect(throws: MigrationError.self) { try MigrationChannel.connect(to: .unix(path: path), timeoutMilliseconds: 500) }
+        // A path too long for sockaddr_un is refused even when the address was built without parsing.
+        let long = "/tmp/" + String(repeating: "a", count: 200)
+        #expect(throws: MigrationError.badAddress("unix:\(long)")) { try MigrationListener(.unix(path: long)) }
     }
 }
