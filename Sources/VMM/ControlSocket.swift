@@ -175,7 +175,7 @@ final class ControlServer: @unchecked Sendable {
         var chunk = [UInt8](repeating: 0, count: 4096)
         defer { for client in clients { close(client.descriptor) } }
         while true {
-            let now = Self.monotonicMilliseconds()
+            let now = monotonicMilliseconds()
             clients.removeAll { client in
                 let done = client.deadline <= now || (client.finished && client.output.isEmpty)
                 if done { close(client.descriptor) }
@@ -264,12 +264,6 @@ final class ControlServer: @unchecked Sendable {
             }
             client.output.removeFirst(count)
         }
-    }
-
-    private static func monotonicMilliseconds() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
     }
 }
 

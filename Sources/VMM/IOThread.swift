@@ -114,13 +114,15 @@ final class IOThread: @unchecked Sendable {
         thread = spawnThread(named: name) { [self] in loop() }
     }
 
-    /// Stops the thread (paused or not) and waits for it.
+    /// Stops the thread (paused or not) and waits for it, then has its devices finish the requests still in flight
+    /// (io_uring transfers): the disks are flushed next, and a write still in flight would miss the flush.
     func stop() {
         commands.close()
         acknowledgements.close()
         wake.signal()
         if let thread { pthread_join(thread, nil) }
         thread = nil
+        for quiesce in quiescers { quiesce() }
     }
 
     private func loop() {

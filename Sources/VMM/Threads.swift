@@ -3,7 +3,7 @@ import Glibc
 
 /// Starts a joinable OS thread named `name` (its role, such as `vcpu0` or `io-blk0`; at most 15 bytes show in
 /// `top -H` and `ps -L`) running `body`. vCPUs need real threads: KVM_RUN blocks for as long as the guest runs.
-func spawnThread(named name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t? {
+public func spawnThread(named name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t? {
     final class Box {
         let name: String
         let body: @Sendable () -> Void

@@ -1,20 +1,6 @@
 import GuestMemory
 import Synchronization
 
-/// The device side of a split virtqueue (VIRTIO 1.2 §2.7) in guest memory.
-///
-/// The three rings are checked against guest RAM once, at creation; every descriptor is checked as it is
-/// read, each field copied out of guest memory exactly once, so a driver rewriting memory underneath cannot
-/// slip a value past a check. A malformed ring yields a `VirtqueueError`, never a trap, a hang or an access
-/// outside guest RAM.
-///
-/// A device drains a queue with notifications suppressed while it works and re-enabled before it sleeps:
-///
-///     queue.disableNotifications()
-///     repeat {
-///         while try queue.nextChain(into: &chain) { …; queue.addUsed(head: chain.head, length: written) }
-///         if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
-///     } while queue.enableNotifications()
 /// Where the device stands in a queue: everything about a split queue that lives outside guest memory, which a
 /// paused device saves and a restored one resumes from.
 public struct QueuePosition: Sendable, Equatable {
@@ -32,6 +18,20 @@ public struct QueuePosition: Sendable, Equatable {
     }
 }
 
+/// The device side of a split virtqueue (VIRTIO 1.2 §2.7) in guest memory.
+///
+/// The three rings are checked against guest RAM once, at creation; every descriptor is checked as it is
+/// read, each field copied out of guest memory exactly once, so a driver rewriting memory underneath cannot
+/// slip a value past a check. A malformed ring yields a `VirtqueueError`, never a trap, a hang or an access
+/// outside guest RAM.
+///
+/// A device drains a queue with notifications suppressed while it works and re-enabled before it sleeps:
+///
+///     queue.disableNotifications()
+///     repeat {
+///         while try queue.nextChain(into: &chain) { …; queue.addUsed(head: chain.head, length: written) }
+///         if queue.needsNotification() { interrupt.signalUsedBuffers(queue: index) }
+///     } while queue.enableNotifications()
 public struct SplitQueue: Sendable {
     /// The largest split queue size.
     public static let maximumSize: UInt16 = 32768

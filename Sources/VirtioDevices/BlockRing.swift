@@ -200,6 +200,15 @@ public final class BlockRingEngine: @unchecked Sendable {
         }
     }
 
+    /// Blocks until a completion is ready to reap; false (and the engine broken) when the ring refuses the wait.
+    func waitForCompletion() -> Bool {
+        guard !isBroken, (try? ring.waitForCompletion()) != nil else {
+            isBroken = true
+            return false
+        }
+        return true
+    }
+
     /// Resets the ring's eventfd, before the completions it announced are reaped.
     func clearEvent() { ring.clearEvent() }
 

@@ -56,15 +56,17 @@ final class SignalHandling: Sendable {
         sigemptyset(&set)
         for number in Self.stopping + Self.ignored { sigaddset(&set, number) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
-        let context = Unmanaged.passRetained(Watch(handling: self, signals: set, logger: logger)).toOpaque()
-        var thread = pthread_t()
-        guard pthread_create(&thread, nil, { context in
-            let watch = Unmanaged<Watch>.fromOpaque(context!).takeRetainedValue()
-            nameCurrentThread("signals")
-            watch.run()
-            return nil
-        }, context) == 0 else {
-            fail("cannot start the signal thread: \(String(cString: strerror(errno)))")
+        let blocked = set
+        // The signal thread waits for the blocked signals for as long as the process lives.
+        guard let thread = spawnThread(named: "signals", { [self] in
+            var signals = blocked
+            var number: Int32 = 0
+            while true {
+                guard sigwait(&signals, &number) == 0 else { continue }
+                received(number, logger: logger)
+            }
+        }) else {
+            fail("cannot start the signal thread")
         }
         pthread_detach(thread)
     }
@@ -77,7 +79,7 @@ final class SignalHandling: Sendable {
         }
     }
 
-    fileprivate func received(_ number: Int32, logger: Logger) {
+    private func received(_ number: Int32, logger: Logger) {
         let name = String(cString: strsignal(number))
         guard Self.stopping.contains(number) else {
             logger.info("ignoring signal \(number) (\(name))")
@@ -89,27 +91,6 @@ final class SignalHandling: Sendable {
             case .waiting(nil): target = .waiting(stopRequest: reason)
             case .waiting: break
             case .machine(let machine): machine.stop(.stoppedByHost(reason: reason))
-            }
-        }
-    }
-
-    /// The signal thread's state: it waits for the blocked signals for as long as the process lives.
-    private final class Watch {
-        let handling: SignalHandling
-        var signals: sigset_t
-        let logger: Logger
-
-        init(handling: SignalHandling, signals: sigset_t, logger: Logger) {
-            self.handling = handling
-            self.signals = signals
-            self.logger = logger
-        }
-
-        func run() {
-            var number: Int32 = 0
-            while true {
-                guard sigwait(&signals, &number) == 0 else { continue }
-                handling.received(number, logger: logger)
             }
         }
     }

@@ -6,7 +6,7 @@ import VMM
 
 /// The `blk` test guest over `aio=io_uring`: its writes, a deep-queue bench and a check of the pattern all go
 /// through the kernel's io_uring, in the page cache and with O_DIRECT.
-@Suite(.serialized) struct BlockURingGuestTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct BlockURingGuestTests {
     /// The machine's log lines.
     final class LogLines: Sendable {
         let lines = Mutex<[String]>([])

@@ -1,6 +1,6 @@
 import Testing
 
-@Suite(.serialized) struct DiskLockTests {
+@Suite(.serialized, .timeLimit(.minutes(1))) struct DiskLockTests {
     /// The same image given twice to one VM would be written by two disks: the second open is refused.
     @Test func sameImageTwiceInOneVMIsRefused() throws {
         let path = "/tmp/tern-disk-lock-\(UInt32.random(in: 0...UInt32.max)).raw"

@@ -68,7 +68,10 @@ final class ScriptedRing: BlockIORing, @unchecked Sendable {
         inFlight.removeAll()
     }
 
-    func waitForCompletion() throws(DiskError) {}
+    /// Runs when the device blocks for a completion (the test completes a transfer there); nothing by default.
+    var onWait: (() -> Void)?
+
+    func waitForCompletion() throws(DiskError) { onWait?() }
 
     func clearEvent() {
         var bytes = [UInt8](repeating: 0, count: 64)
@@ -317,6 +320,38 @@ let ioURingAvailable = (try? IOURing(entries: 4)) != nil
         try ring.complete(at: 8192)
         harness.event()
         #expect(try harness.newlyUsed().map(\.slot) == [3])
+    }
+
+    /// Before a pause the device waits for every transfer in flight, resubmitting short ones, completes their
+    /// requests and the FLUSH held behind them, and tells the driver: nothing is left for the kernel to write into
+    /// guest memory while the VM is paused.
+    @Test func quiesceCompletesEveryTransferInFlight() throws {
+        let ring = ScriptedRing()
+        var harness = try RingHarness(ring: ring)
+        try harness.post(0, type: Block.RequestType.write, sector: 0, segments: [4096], out: pattern(4096, seed: 6))
+        try harness.post(1, type: Block.RequestType.read, sector: 8, segments: [4096])
+        try harness.post(2, type: Block.RequestType.flush, sector: 0)
+        harness.notify()
+        #expect(ring.inFlight.count == 2)
+        var waits = 0
+        ring.onWait = { [unowned ring] in
+            waits += 1
+            guard let entry = ring.inFlight.first else { return }
+            // The first wait moves only part of the write: the rest must be resubmitted and waited for too.
+            try? ring.complete(at: entry.offset, bytes: waits == 1 ? 1000 : nil)
+        }
+        harness.device.quiesce()
+        #expect(ring.inFlight.isEmpty)
+        #expect(harness.engine.inFlight == 0)
+        #expect(try harness.newlyUsed().map(\.slot) == [1, 0, 2])
+        #expect(try (0..<3).map { try harness.status($0) } == [0, 0, 0])
+        #expect(Array(ring.disk[0..<4096]) == pattern(4096, seed: 6))
+        #expect(harness.interrupt.usedBuffers == 1)
+        #expect(!harness.interrupt.needsReset)
+        // Quiescent already: a second call waits for nothing.
+        waits = 0
+        harness.device.quiesce()
+        #expect(waits == 0)
     }
 
     /// With every slot busy the device leaves further chains in the queue, and takes them when a slot frees.
