@@ -41,8 +41,11 @@ public struct SMBIOSTables: Sendable, Equatable {
         }
         let total = memoryRanges.reduce(UInt64(0)) { $0 + $1.size }
         let arrayHandle = handle
-        // Type 16, the physical memory array: system memory, no error correction, one device.
-        add(16, [1, 3, 3] + le(UInt32(0x8000_0000)) + le(UInt16(0xFFFE)) + le(UInt16(1)) + le(total >> 10))
+        // Type 16, the physical memory array: system memory, no error correction, one device. Its capacity is in KiB
+        // below 2 TiB; from there the field holds 0x80000000 and the extended field the capacity in bytes.
+        let kibibytes = total >> 10
+        let capacity = kibibytes < 0x8000_0000 ? (UInt32(kibibytes), UInt64(0)) : (UInt32(0x8000_0000), total)
+        add(16, [1, 3, 3] + le(capacity.0) + le(UInt16(0xFFFE)) + le(UInt16(1)) + le(capacity.1))
         // Type 17, one DIMM holding all of RAM (size in MiB through the extended field when it needs it).
         let mebibytes = total >> 20
         var device: [UInt8] = le(arrayHandle) + le(UInt16(0xFFFE)) + le(UInt16(64)) + le(UInt16(64))
