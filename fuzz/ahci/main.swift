@@ -1,7 +1,7 @@
 // libFuzzer target: the AHCI controller driven by a hostile guest. The input is a program of register writes and
 // writes into the first 64 KiB of guest RAM (where command lists, tables, FISes and region tables point, or not),
-// against a disk or a CD-ROM. A crash, a hang, an access outside guest RAM or a port left busy is a bug. `Program`
-// comes from fuzz/common/Program.swift.
+// against a disk or a CD-ROM. A crash, a hang, an access outside guest RAM, a port left busy or a command left issued
+// without an error is a bug. `Program` comes from fuzz/common/Program.swift.
 
 import AHCI
 import Devices
@@ -55,6 +55,8 @@ public func fuzzAHCI(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             write(0x134, program.next())
             write(0x138, program.next())
             precondition(read(0x120) & 0x80 == 0, "port 0 left busy")
+            // Every issued command ran to an end: its slot cleared, or the port stalled with ERR in PxTFD.
+            precondition(read(0x138) == 0 || read(0x120) & 0x01 != 0, "port 0 left a command issued without an error")
         default:
             _ = read(UInt64(program.next(UInt16.self) & 0xFFC))
         }
