@@ -1,3 +1,5 @@
+import ACPI
+
 /// The SMBIOS structures firmware publishes (DMTF DSP0134 3.0): a 64-bit entry point and the structure table, as
 /// the fw_cfg files `etc/smbios/smbios-anchor` and `etc/smbios/smbios-tables`. The firmware places the table, fills
 /// in its address and fixes the entry point's checksum; it adds its own BIOS information (type 0).
@@ -20,13 +22,13 @@ public struct SMBIOSTables: Sendable, Equatable {
         var structures: [[UInt8]] = []
         var handle: UInt16 = 0x100
         func add(_ type: UInt8, _ fields: [UInt8], strings: [String] = []) {
-            var bytes: [UInt8] = [type, UInt8(4 + fields.count)] + FirmwareConfigItems.littleEndian(handle) + fields
+            var bytes: [UInt8] = [type, UInt8(4 + fields.count)] + littleEndianBytes(handle) + fields
             for string in strings { bytes += Array(string.utf8) + [0] }
             bytes += strings.isEmpty ? [0, 0] : [0]
             structures.append(bytes)
             handle += 1
         }
-        func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { FirmwareConfigItems.littleEndian(value) }
+        func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { littleEndianBytes(value) }
 
         // Type 1, system information: manufacturer, product, version; UUID; woken by the power switch.
         add(1, [1, 2, 3, 0] + uuid.prefix(16) + repeatElement(0, count: max(0, 16 - uuid.count)) + [6, 0, 0],
