@@ -25,7 +25,7 @@ build_module Qcow2 Sources/Qcow2/*.swift
 build_module PCI Sources/PCI/*.swift
 build_module AHCI Sources/AHCI/*.swift
 swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name AHCIFuzz -I "$MODULES" -I Sources/CZlib -I Sources/CZstd -I Sources/CURing \
-    fuzz/ahci/main.swift "$OUT"/ahci-{GuestMemory,Devices,Qcow2,PCI,AHCI}.o "$OUT/ahci-ckvm.o" -lz -lzstd -luring \
+    fuzz/ahci/main.swift fuzz/common/Program.swift "$OUT"/ahci-{GuestMemory,Devices,Qcow2,PCI,AHCI}.o "$OUT/ahci-ckvm.o" -lz -lzstd -luring \
     -o "$OUT/ahci-fuzz"
 # Seed: a disk; header of slot 0 at 0x400 (CFL 5, one region, table 0x1000); a READ DMA EXT of LBA 1, one sector,
 # into 0x2000; the port started with the list at 0x400 and the FISes at 0x800; slot 0 issued.

@@ -18,9 +18,13 @@ swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name GuestMemo
 swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name Devices \
     -emit-module -emit-module-path "$OUT/fw-cfg-modules/Devices.swiftmodule" \
     -c Sources/Devices/*.swift -o "$OUT/fw-cfg-devices.o"
+# FirmwareConfigItems takes its little-endian encoder from ACPI.
+swiftc -O -wmo -sanitize=fuzzer,address -parse-as-library -module-name ACPI \
+    -emit-module -emit-module-path "$OUT/fw-cfg-modules/ACPI.swiftmodule" \
+    -c Sources/ACPI/*.swift -o "$OUT/fw-cfg-acpi.o"
 swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name FirmwareConfigFuzz -I "$OUT/fw-cfg-modules" \
     Sources/Firmware/FirmwareConfigItems.swift Sources/Firmware/FirmwareConfigDevice.swift fuzz/fw-cfg/main.swift \
-    "$OUT/fw-cfg-guestmemory.o" "$OUT/fw-cfg-devices.o" "$OUT/fw-cfg-ckvm.o" \
+    fuzz/common/Program.swift "$OUT/fw-cfg-guestmemory.o" "$OUT/fw-cfg-devices.o" "$OUT/fw-cfg-acpi.o" "$OUT/fw-cfg-ckvm.o" \
     -o "$OUT/fw-cfg-fuzz"
 # Seed: select the signature and read it through the data port, then a select+read DMA of the directory into RAM.
 python3 - "$OUT/fw-cfg-corpus" <<'PY'

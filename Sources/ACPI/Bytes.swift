@@ -35,8 +35,8 @@ func checksumOfBytes<C: Collection>(_ bytes: C) -> UInt8 where C.Element == UInt
     bytes.reduce(0, &+)
 }
 
-/// The little-endian bytes of `value`.
-func littleEndianBytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+/// The little-endian bytes of `value` (public: the firmware's fw_cfg items and loader commands use it too).
+public func littleEndianBytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
     var bytes: [UInt8] = []
     bytes.appendLittleEndian(value)
     return bytes

@@ -234,8 +234,8 @@ struct AHCIPort {
         if case .completed = outcome, queued {
             active &= ~(1 << UInt32(tag & 31))
             if receiving {
-                try? memory.write([0xA1, 0x40, status & 0x77, error] + littleEndian(UInt32(1) << UInt32(tag & 31)),
-                                  at: fisBase + ReceivedFIS.setDeviceBits)
+                try? memory.write([0xA1, 0x40, status & 0x77, error], at: fisBase + ReceivedFIS.setDeviceBits)
+                try? memory.store(UInt32(1) << UInt32(tag & 31), at: fisBase + ReceivedFIS.setDeviceBits + 4)
             }
             interruptStatus |= Interrupt.setDeviceBits
         } else if receiving {
@@ -253,9 +253,5 @@ struct AHCIPort {
             interruptStatus |= Interrupt.taskFileError | Interrupt.deviceToHost
             stalled = true
         }
-    }
-
-    private func littleEndian(_ value: UInt32) -> [UInt8] {
-        withUnsafeBytes(of: value.littleEndian, Array.init)
     }
 }

@@ -98,24 +98,24 @@ public struct ACPITableLoader: Sendable, Equatable {
     }
 
     static func allocate(_ file: String, alignment: UInt32, zone: UInt8) -> [UInt8] {
-        var bytes = FirmwareConfigItems.littleEndian(Command.allocate) + name(file)
-        bytes += FirmwareConfigItems.littleEndian(alignment)
+        var bytes = littleEndianBytes(Command.allocate) + name(file)
+        bytes += littleEndianBytes(alignment)
         bytes.append(zone)
         return padded(bytes)
     }
 
     static func addPointer(in destination: String, to source: String, offset: Int, size: Int) -> [UInt8] {
-        var bytes = FirmwareConfigItems.littleEndian(Command.addPointer) + name(destination) + name(source)
-        bytes += FirmwareConfigItems.littleEndian(UInt32(offset))
+        var bytes = littleEndianBytes(Command.addPointer) + name(destination) + name(source)
+        bytes += littleEndianBytes(UInt32(offset))
         bytes.append(UInt8(size))
         return padded(bytes)
     }
 
     static func addChecksum(in file: String, at offset: Int, over range: Range<Int>) -> [UInt8] {
-        var bytes = FirmwareConfigItems.littleEndian(Command.addChecksum) + name(file)
-        bytes += FirmwareConfigItems.littleEndian(UInt32(offset))
-        bytes += FirmwareConfigItems.littleEndian(UInt32(range.lowerBound))
-        bytes += FirmwareConfigItems.littleEndian(UInt32(range.count))
+        var bytes = littleEndianBytes(Command.addChecksum) + name(file)
+        bytes += littleEndianBytes(UInt32(offset))
+        bytes += littleEndianBytes(UInt32(range.lowerBound))
+        bytes += littleEndianBytes(UInt32(range.count))
         return padded(bytes)
     }
 

@@ -1,3 +1,5 @@
+import ACPI
+
 /// The items a QEMU-compatible fw_cfg device serves (QEMU's docs/specs/fw_cfg.rst): fixed keys below 0x20, named
 /// files from 0x20 up, and the file directory that lists those files. Built once before the guest runs.
 public struct FirmwareConfigItems: Sendable, Equatable {
@@ -64,7 +66,7 @@ public struct FirmwareConfigItems: Sendable, Equatable {
         contents = [:]
         files = []
         contents[Key.signature] = Array("QEMU".utf8)
-        contents[Key.id] = Self.littleEndian(Self.idTraditional | Self.idDMA)
+        contents[Key.id] = littleEndianBytes(Self.idTraditional | Self.idDMA)
         contents[Key.fileDirectory] = [0, 0, 0, 0]
     }
 
@@ -82,7 +84,7 @@ public struct FirmwareConfigItems: Sendable, Equatable {
 
     /// Sets the item at `key` to `value` in little-endian order, as fw_cfg's numeric items are stored.
     public mutating func set<T: FixedWidthInteger>(_ key: UInt16, integer value: T) {
-        set(key, Self.littleEndian(value))
+        set(key, littleEndianBytes(value))
     }
 
     /// Adds a named file under the next free key and lists it in the directory. Returns its key.
@@ -111,10 +113,6 @@ public struct FirmwareConfigItems: Sendable, Equatable {
             bytes += name
         }
         return bytes
-    }
-
-    static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
-        withUnsafeBytes(of: value.littleEndian, Array.init)
     }
 
     static func bigEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {

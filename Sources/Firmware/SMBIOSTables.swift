@@ -1,3 +1,5 @@
+import ACPI
+
 /// The SMBIOS structures firmware publishes (DMTF DSP0134 3.0): a 64-bit entry point and the structure table, as
 /// the fw_cfg files `etc/smbios/smbios-anchor` and `etc/smbios/smbios-tables`. The firmware places the table, fills
 /// in its address and fixes the entry point's checksum; it adds its own BIOS information (type 0).
@@ -20,13 +22,13 @@ public struct SMBIOSTables: Sendable, Equatable {
         var structures: [[UInt8]] = []
         var handle: UInt16 = 0x100
         func add(_ type: UInt8, _ fields: [UInt8], strings: [String] = []) {
-            var bytes: [UInt8] = [type, UInt8(4 + fields.count)] + FirmwareConfigItems.littleEndian(handle) + fields
+            var bytes: [UInt8] = [type, UInt8(4 + fields.count)] + littleEndianBytes(handle) + fields
             for string in strings { bytes += Array(string.utf8) + [0] }
             bytes += strings.isEmpty ? [0, 0] : [0]
             structures.append(bytes)
             handle += 1
         }
-        func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { FirmwareConfigItems.littleEndian(value) }
+        func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { littleEndianBytes(value) }
 
         // Type 1, system information: manufacturer, product, version; UUID; woken by the power switch.
         add(1, [1, 2, 3, 0] + uuid.prefix(16) + repeatElement(0, count: max(0, 16 - uuid.count)) + [6, 0, 0],
@@ -41,8 +43,11 @@ public struct SMBIOSTables: Sendable, Equatable {
         }
         let total = memoryRanges.reduce(UInt64(0)) { $0 + $1.size }
         let arrayHandle = handle
-        // Type 16, the physical memory array: system memory, no error correction, one device.
-        add(16, [1, 3, 3] + le(UInt32(0x8000_0000)) + le(UInt16(0xFFFE)) + le(UInt16(1)) + le(total >> 10))
+        // Type 16, the physical memory array: system memory, no error correction, one device. Its capacity is in KiB
+        // below 2 TiB; from there the field holds 0x80000000 and the extended field the capacity in bytes.
+        let kibibytes = total >> 10
+        let capacity = kibibytes < 0x8000_0000 ? (UInt32(kibibytes), UInt64(0)) : (UInt32(0x8000_0000), total)
+        add(16, [1, 3, 3] + le(capacity.0) + le(UInt16(0xFFFE)) + le(UInt16(1)) + le(capacity.1))
         // Type 17, one DIMM holding all of RAM (size in MiB through the extended field when it needs it).
         let mebibytes = total >> 20
         var device: [UInt8] = le(arrayHandle) + le(UInt16(0xFFFE)) + le(UInt16(64)) + le(UInt16(64))

@@ -68,14 +68,14 @@ extension FirmwareConfigItems {
 
         var e820: [UInt8] = []
         for range in platform.memoryMap {
-            e820 += littleEndian(range.address) + littleEndian(range.size) + littleEndian(range.type.rawValue)
+            e820 += littleEndianBytes(range.address) + littleEndianBytes(range.size) + littleEndianBytes(range.type.rawValue)
         }
         try items.addFile(e820File, e820)
         if !platform.bootOrder.isEmpty {
             try items.addFile(bootOrderFile, Array(platform.bootOrder.joined(separator: "\n").utf8) + [0])
         }
         if let port = platform.serialConsolePort {
-            try items.addFile(serialConsoleFile, littleEndian(port))
+            try items.addFile(serialConsoleFile, littleEndianBytes(port))
         }
         let smbios = SMBIOSTables(vcpuCount: platform.vcpuCount,
                                   memoryRanges: platform.memoryMap.filter { $0.type == .ram }.map { ($0.address, $0.size) })

@@ -179,7 +179,7 @@ extension Machine {
         let barStride: UInt64 = 1 << 20
         let window = PCIMemoryMap.mmio32
         guard UInt64(specs.count + functions.count) <= min(31, UInt64(window.count) / barStride) else {
-            throw MachineError("too many virtio devices: at most 31 fit PCI bus 0")
+            throw MachineError("too many PCI functions: \(specs.count) virtio devices and \(functions.count) others; at most 31 fit PCI bus 0")
         }
         let router = KVMGSIRouter(vm: vm, logger: logger)
         var sharedLines: [UInt32: SharedInterruptLine] = [:]

@@ -140,14 +140,8 @@ import Testing
 
     @Test func randomDescriptorsNeverEscapeRAM() throws {
         let driver = try FirmwareConfigDeviceTests.driver()
-        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var random = SplitMix64(state: 0x9E37_79B9_7F4A_7C15)
+        func next() -> UInt64 { random.next() }
         for _ in 0..<2000 {
             let buffer = next() % 2 == 0 ? next() % (GuestMemory.minimumSize + 0x1000) : next()
             let length = next() % 4 == 0 ? UInt32(truncatingIfNeeded: next()) : UInt32(next() % 0x200)

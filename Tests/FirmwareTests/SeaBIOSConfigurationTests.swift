@@ -80,6 +80,11 @@ import Testing
                 let structure = Array(smbios.tables[offset..<end])
                 #expect(structure.littleEndian(UInt32.self, at: 8) > structure.littleEndian(UInt32.self, at: 4))
             }
+            if type == 16 {
+                let structure = Array(smbios.tables[offset..<end])
+                #expect(structure.littleEndian(UInt32.self, at: 7) == 0x40_0000, "4 GiB, in KiB")
+                #expect(structure.littleEndian(UInt64.self, at: 15) == 0)
+            }
             if type == 17 {
                 let structure = Array(smbios.tables[offset..<end])
                 #expect(structure.littleEndian(UInt16.self, at: 12) == 4096)
@@ -88,5 +93,20 @@ import Testing
         }
         #expect(offset == smbios.tables.count)
         #expect(types == [1, 4, 4, 16, 17, 19, 19, 32, 127])
+    }
+
+    /// From 2 TiB the array's capacity moves to the extended field, in bytes (DSP0134 7.17).
+    @Test func smbiosMemoryArrayOf2TiBUsesTheExtendedCapacityInBytes() throws {
+        let total: UInt64 = 2 << 40
+        let smbios = SMBIOSTables(vcpuCount: 1, memoryRanges: [(0, 0xC000_0000), (0x1_0000_0000, total - 0xC000_0000)])
+        var offset = 0
+        while smbios.tables[offset] != 16 {
+            var end = offset + Int(smbios.tables[offset + 1])
+            while !(smbios.tables[end] == 0 && smbios.tables[end + 1] == 0) { end += 1 }
+            offset = end + 2
+        }
+        let structure = Array(smbios.tables[offset..<offset + Int(smbios.tables[offset + 1])])
+        #expect(structure.littleEndian(UInt32.self, at: 7) == 0x8000_0000)
+        #expect(structure.littleEndian(UInt64.self, at: 15) == total)
     }
 }

@@ -1,7 +1,7 @@
 // libFuzzer target: the fw_cfg device driven by a hostile guest. The input is a program of port accesses and DMA
 // descriptors (placed anywhere, with any control word, length and buffer address) against the items SeaBIOS
 // reads. Every DMA whose descriptor lies in RAM must end with its control word 0 or the error bit; a crash, a
-// hang or an access outside guest RAM is a bug.
+// hang or an access outside guest RAM is a bug. `Program` comes from fuzz/common/Program.swift.
 
 import GuestMemory
 
@@ -15,24 +15,6 @@ let items: FirmwareConfigItems = {
     try! items.addFile("etc/large", (0..<70_000).map { UInt8(truncatingIfNeeded: $0) })
     return items
 }()
-
-/// Reads the input front to back; runs out as zeros.
-struct Program {
-    let bytes: UnsafeRawBufferPointer
-    var position = 0
-
-    var done: Bool { position >= bytes.count }
-
-    mutating func next<T: FixedWidthInteger>(_: T.Type = T.self) -> T {
-        var value: T = 0
-        for index in 0..<MemoryLayout<T>.size {
-            let byte = position < bytes.count ? bytes[position] : 0
-            position += 1
-            value |= T(byte) << (8 * index)
-        }
-        return value
-    }
-}
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzFirmwareConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
