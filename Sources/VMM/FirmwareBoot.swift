@@ -55,7 +55,9 @@ struct FirmwareBoot {
         let shadow = image.shadow
         do {
             try memory.write(shadow.bytes, at: shadow.address)
-            try vm.mapReadOnlyMemory(slot: slot, guestAddress: image.highAddress, size: UInt64(image.size), host: image.bytes)
+            try vm.setMemorySlot(
+                slot, guestAddress: image.highAddress, size: UInt64(image.size), host: UnsafeMutableRawPointer(mutating: image.bytes),
+                flags: .readOnly)
         } catch {
             throw MachineError("firmware \(setting.path): \(error)")
         }

@@ -22,6 +22,8 @@ public func spawnThread(named name: String, _ body: @escaping @Sendable () -> Vo
     }, context)
     guard result == 0 else {
         Unmanaged<Box>.fromOpaque(context).release()
+        // pthread_create returns its error instead of setting errno; callers report errno.
+        errno = result
         return nil
     }
     return thread

@@ -82,7 +82,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("virtio-transport"), help: ArgumentHelp("How VirtIO devices reach the guest: 'pci' (default: virtio-pci with MSI-X behind a PCI host bridge) or 'mmio' (virtio-mmio windows).", valueName: "kind"))
     var virtioTransport: String?
 
-    @Option(name: .customLong("api-socket"), help: ArgumentHelp("Serve the VM's controls (status, stop, balloon) on this Unix socket (mode 0600); see `tern control`.", valueName: "path"))
+    @Option(name: .customLong("api-socket"), help: ArgumentHelp("Serve the VM's controls (status, stop, pause, resume, balloon) on this Unix socket (mode 0600); see `tern control`.", valueName: "path"))
     var apiSocket: String?
 
     @Flag(help: "Let KSM merge identical guest pages (anonymous private RAM with MADV_MERGEABLE).")
