@@ -198,7 +198,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     }
 
     /// Prefixes `directory` (ending in "/") to every relative host path.
-    mutating func resolvePaths(relativeTo directory: String) {
+    public mutating func resolvePaths(relativeTo directory: String) {
         guard !directory.isEmpty else { return }
         func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : directory + path }
         kernel = kernel.map(resolve)
