@@ -126,7 +126,7 @@ let package = Package(
         .executableTarget(
             name: "ternd",
             dependencies: [
-                "Toolstack",
+                "Toolstack", "ToolstackAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -117,12 +117,18 @@ struct Routes: Sendable {
         let stream = bus.subscribe()
         let resumeFrom = request.headers.first { $0.name.canonicalName == "last-event-id" }.flatMap { Int64($0.value) }
             ?? request.uri.queryParameters.get("after").flatMap { Int64($0) }
-        let backlog = resumeFrom.flatMap { try? store.events(after: $0) } ?? []
+        let store = store
         let body = ResponseBody { writer in
             var last = resumeFrom ?? -1
-            for event in backlog {
-                try await writer.write(Self.frame(event))
-                last = event.id
+            // The store answers at most a page of events at a time: read on until it has none left, or a client
+            // that resumes from far back would miss every stored event past the first page.
+            if resumeFrom != nil {
+                while let page = try? store.events(after: last), !page.isEmpty {
+                    for event in page {
+                        try await writer.write(Self.frame(event))
+                        last = event.id
+                    }
+                }
             }
             for await event in stream where event.id > last {
                 try await writer.write(Self.frame(event))

@@ -27,6 +27,9 @@ public actor Supervisor {
     private let exits: AsyncStream<UInt64>
     private var processes: [String: Supervised] = [:]
     private var nextToken: UInt64 = 1
+    /// The callers of `waitForExit`, by the token of the process they wait on and then by their own number.
+    private var exitWaiters: [UInt64: [Int: CheckedContinuation<Bool, Never>]] = [:]
+    private var nextWaiter = 0
 
     /// How long `start` waits for a new VM's control socket to answer before it gives up on the VM.
     static let startTimeout: Duration = .seconds(15)
@@ -273,14 +276,27 @@ public actor Supervisor {
         }
     }
 
-    /// True once the process `token` names has been recorded as ended; false if `limit` passes first.
+    /// True once the process `token` names has been recorded as ended; false if `limit` passes first. Woken by
+    /// `processExited` rather than polling; a cancelled caller still waits out `limit`.
     private func waitForExit(_ name: String, token: UInt64, within limit: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + limit
-        while processes[name]?.token == token {
-            if ContinuousClock.now >= deadline { return false }
-            try? await Task.sleep(for: .milliseconds(20))
+        guard processes[name]?.token == token else { return true }
+        let waiter = nextWaiter
+        nextWaiter += 1
+        let timer = Task {
+            try? await Task.sleep(for: limit)
+            self.wake(token: token, waiter: waiter, exited: false)
         }
-        return true
+        defer { timer.cancel() }
+        return await withCheckedContinuation { continuation in
+            exitWaiters[token, default: [:]][waiter] = continuation
+        }
+    }
+
+    /// Resumes one caller of `waitForExit`, unless it has been resumed already.
+    private func wake(token: UInt64, waiter: Int, exited: Bool) {
+        guard let continuation = exitWaiters[token]?.removeValue(forKey: waiter) else { return }
+        if exitWaiters[token]?.isEmpty == true { exitWaiters[token] = nil }
+        continuation.resume(returning: exited)
     }
 
     private func processExited(token: UInt64) {
@@ -297,6 +313,9 @@ public actor Supervisor {
             outcome = supervised.killedByHost ? .signaled(SIGKILL, byHost: true) : .unobserved(socketLeft: access(socket, F_OK) == 0)
         }
         record(name, ended: outcome)
+        for continuation in (exitWaiters.removeValue(forKey: token) ?? [:]).values {
+            continuation.resume(returning: true)
+        }
     }
 
     private func record(_ name: String, ended outcome: ExitOutcome) {

@@ -38,10 +38,10 @@ enum VMDefinition {
                         cpuPolicy: request.cpuPolicy ?? .shared, autostart: request.autostart ?? false)
     }
 
-    /// The rule `tern run --name` applies.
+    /// The rule `tern run --name` applies (`VMConfig.isValidName`), less "." and "..", which would name the
+    /// directory above a VM's own as its `vms/NAME` directory.
     static func validate(name: String) throws(ToolstackError) {
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.".utf8)
-        guard !name.isEmpty, name.utf8.count <= 64, name.utf8.allSatisfy(allowed.contains), name != ".", name != ".." else {
+        guard VMConfig.isValidName(name), name != ".", name != ".." else {
             throw .invalid(field: "name", message: "'\(name)' is not a VM name; use up to 64 letters, digits, '-', '_' and '.'")
         }
     }

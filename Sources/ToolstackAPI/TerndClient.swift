@@ -48,6 +48,13 @@ public struct TerndClient: Sendable {
         self.token = token
     }
 
+    /// The token a token file holds: its first line without surrounding blanks (a CRLF or a trailing space
+    /// included). ternd and `tern vm` both read token files through this, so that they agree on the token.
+    public static func bearerToken(fromFile text: String) -> String {
+        let line = text.split(whereSeparator: \.isNewline).first ?? ""
+        return String(line.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+
     public struct Answer: Sendable {
         public let status: Int
         public let body: [UInt8]

@@ -198,7 +198,7 @@ public struct VMConfig: Equatable, Sendable, Codable {
     }
 
     /// Prefixes `directory` (ending in "/") to every relative host path.
-    mutating func resolvePaths(relativeTo directory: String) {
+    public mutating func resolvePaths(relativeTo directory: String) {
         guard !directory.isEmpty else { return }
         func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : directory + path }
         kernel = kernel.map(resolve)
@@ -212,10 +212,15 @@ public struct VMConfig: Equatable, Sendable, Codable {
     }
 
     /// Checks the settings, and the memory size against the host's RAM; errors name settings as `names` says.
+    /// A VM name: 1 to 64 letters, digits, '-', '_' and '.' (the rule `--name` and ternd's VM names share).
+    public static func isValidName(_ name: String) -> Bool {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.".utf8)
+        return !name.isEmpty && name.utf8.count <= 64 && name.utf8.allSatisfy(allowed.contains)
+    }
+
     public func validate(naming names: SettingNames = .flags) throws(ConfigError) {
         if let name {
-            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.".utf8)
-            guard !name.isEmpty, name.utf8.count <= 64, name.utf8.allSatisfy(allowed.contains) else {
+            guard Self.isValidName(name) else {
                 throw ConfigError("\(names.name(.name)) '\(name)' is not a name; use up to 64 letters, digits, '-', '_' and '.'")
             }
         }

@@ -33,7 +33,7 @@ struct TerndOptions: ParsableArguments {
             guard let contents = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
                 throw .usage("--token-file \(tokenFile): cannot be read; give a readable file holding the token")
             }
-            token = contents.split(separator: "\n").first.map(String.init)
+            token = TerndClient.bearerToken(fromFile: contents)
         }
         return TerndClient(address: address, token: token)
     }

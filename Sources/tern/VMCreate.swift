@@ -51,11 +51,7 @@ struct VMCreate: ParsableCommand {
             throw .usage(error.description)
         }
         config.name = name
-        config.kernel = config.kernel.map(Self.absolute)
-        if let path = config.firmware?.path { config.firmware?.path = Self.absolute(path) }
-        config.initrd = config.initrd.map(Self.absolute)
-        for index in config.disks.indices { config.disks[index].path = Self.absolute(config.disks[index].path) }
-        if let path = config.vsock?.socketPath { config.vsock?.socketPath = Self.absolute(path) }
+        config.resolvePaths(relativeTo: Self.workingDirectory())
         guard let encoded = try? JSONEncoder().encode(config),
               var members = (try? JSONDecoder().decode(JSONValue.self, from: encoded))?.objectValue else {
             throw .failed("cannot encode the VM's settings")
@@ -65,11 +61,13 @@ struct VMCreate: ParsableCommand {
         return .object(members)
     }
 
-    private static func absolute(_ path: String) -> String {
-        guard !path.hasPrefix("/") else { return path }
+    /// The working directory with a trailing "/", as `VMConfig.resolvePaths` takes it; empty (paths left as they
+    /// are, for ternd to refuse by name) when it cannot be read.
+    private static func workingDirectory() -> String {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
-        guard getcwd(&buffer, buffer.count) != nil else { return path }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + path
+        guard getcwd(&buffer, buffer.count) != nil else { return "" }
+        let path = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return path.hasSuffix("/") ? path : path + "/"
     }
 }
 

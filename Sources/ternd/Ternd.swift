@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Toolstack
+import ToolstackAPI
 
 /// ternd: the host toolstack daemon. Runs in the foreground under a service manager; see README.md, "ternd".
 @main
@@ -91,7 +92,7 @@ struct Ternd: AsyncParsableCommand {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ValidationError("--token-file \(path): cannot be read; give a readable file holding the token")
         }
-        let token = text.split(separator: "\n").first.map { String($0).trimmingCharacters(in: .whitespaces) } ?? ""
+        let token = TerndClient.bearerToken(fromFile: text)
         guard token.utf8.count >= 16 else {
             throw ValidationError("--token-file \(path): the token is shorter than 16 bytes; write a longer one (openssl rand -hex 32)")
         }

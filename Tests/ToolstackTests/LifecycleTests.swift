@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import Toolstack
 import ToolstackAPI
 
 @Suite("ternd: VM lifecycle through the API", .serialized, .timeLimit(.minutes(3)))
@@ -71,6 +72,21 @@ struct LifecycleTests {
         #expect(seen.first { $0.vm == "victim" && $0.state == .crashed }?.exitStatus == 128 + Int(SIGKILL))
         let vm = try ternd.wait(for: "victim", state: .crashed)
         #expect(vm.exitStatus == 137)
+    }
+
+    @Test("a client resuming the event stream from far back gets every stored event, past the store's first page")
+    func resumeReplaysEveryStoredEvent() throws {
+        let ternd = try TerndUnderTest()
+        // Written behind ternd's back, so that only the replay of the stored log can deliver them.
+        let store = try Store(path: "\(ternd.stateDirectory)/ternd.sqlite")
+        _ = try store.create(VMRecord(name: "busy", config: #"{"kernel":"/k"}"#, cpuPolicy: .shared, autostart: false))
+        for round in 1...1100 {
+            _ = try store.transition("busy", Transition(to: round % 2 == 0 ? .defined : .stopped, message: "round \(round)"))
+        }
+        let events = try EventStream(ternd.socket, after: 0)
+        let seen = try events.read(until: { $0.count >= 1101 })
+        #expect(seen.map(\.id) == Array(1...1101))
+        #expect(seen.last?.message == "round 1100")
     }
 
     @Test("pause and resume go to the VM's control socket; a refusal is a 409 carrying the VM's answer")

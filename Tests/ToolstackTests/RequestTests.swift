@@ -56,6 +56,14 @@ struct RequestTests {
         #expect(try ternd.request("GET", "/v1/host").status == 200, "ternd survived every bad request")
     }
 
+    @Test("a token file's first line is the token, without its blanks or line end, for ternd and tern alike")
+    func tokenFile() {
+        #expect(TerndClient.bearerToken(fromFile: "0123456789abcdef\n") == "0123456789abcdef")
+        #expect(TerndClient.bearerToken(fromFile: " 0123456789abcdef \r\nsecond line\n") == "0123456789abcdef")
+        #expect(TerndClient.bearerToken(fromFile: "\t0123456789abcdef") == "0123456789abcdef")
+        #expect(TerndClient.bearerToken(fromFile: "").isEmpty)
+    }
+
     @Test("TCP needs the bearer token; the Unix socket does not")
     func tokenOnTCP() throws {
         let port = try freePort()
