@@ -3,7 +3,7 @@ import Glibc
 import Testing
 import ToolstackAPI
 
-@Suite("ternd: bad requests, authentication, the OpenAPI document", .serialized, .timeLimit(.minutes(2)))
+@Suite("ternd: bad requests, authentication, the OpenAPI document", .serialized, .timeLimit(.minutes(5)))
 struct RequestTests {
     @Test("bad requests get a 4xx naming the field, and leave no VM behind")
     func badRequests() throws {
