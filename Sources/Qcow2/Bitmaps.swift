@@ -234,7 +234,7 @@ struct BitmapPlan {
 /// a new directory and the header (new clusters first, the header last, old clusters freed after).
 public func editBitmaps(path: String, name: String, _ actions: [BitmapAction]) throws(DiskError) {
     // Every action is checked and applied in memory first, through a read-only open that is closed again before
-    // the writable one: that open invalidates the bitmaps until the new directory is written, so it must not fail half way.
+    // the writable one, so that nothing is written unless every action succeeds.
     var plan = try planBitmapEdit(path: path, name: name, actions)
     let image = try openQcow2(path, writable: true, openBacking: false)
     try image.meta.withLock { (m) throws(DiskError) in
@@ -360,6 +360,7 @@ extension Meta {
             header.otherExtensions.append((QC.extBitmaps, ext.bytes))
             header.autoclearFeatures |= QC.autoclearBitmaps
         }
+        bitmapsValidOnDisk = !bitmaps.isEmpty
         try file.sync()
         try rewriteHeader()
         try file.sync()

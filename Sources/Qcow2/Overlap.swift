@@ -117,9 +117,21 @@ extension Meta {
         metadataMap = map
     }
 
-    /// Refuses writes to an image marked corrupt.
-    @inline(__always) func ensureNotCorrupt() throws(DiskError) {
+    /// Called before guest data changes: refuses writes to an image marked corrupt, and invalidates the
+    /// persistent bitmaps (which Tern does not maintain) on disk before the first write they would miss.
+    @inline(__always) mutating func willWriteGuestData() throws(DiskError) {
         if markedCorrupt { throw .readOnly("the image was marked corrupt; writes are refused until `tern image check -r all` repairs it") }
+        if bitmapsValidOnDisk { try invalidateBitmaps() }
+    }
+
+    /// Clears the bitmaps' autoclear bit on disk (QEMU then sees them as stale), durably.
+    mutating func invalidateBitmaps() throws(DiskError) {
+        header.autoclearFeatures &= ~QC.autoclearBitmaps
+        var bytes = [UInt8]()
+        bytes.append64(header.autoclearFeatures)
+        try file.writeBytes(bytes, at: 88)
+        try file.sync()
+        bitmapsValidOnDisk = false
     }
 
     /// Checks that `length` bytes of data (or a table moving to a new place) at host `offset` overlap no

@@ -73,5 +73,32 @@ struct BitmapTests {
         #expect(try dirtyRanges(path: img, bitmap: "t") == [0..<(10 << 20)])
         #expect(qemuImg("info", img).out.contains("name: q"))
     }
-}
 
+    @Test("a writable open keeps the bitmaps valid until guest data is written; the first write marks them stale")
+    func writableOpenKeepsBitmapsUntilWrite() throws {
+        let d = TempDir()
+        let img = d.file("w.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "10M").status == 0)
+        #expect(tern("bitmap", "--add", img, "a").status == 0)
+        do {
+            var o = Qcow2OpenOptions(writable: true)
+            o.openBacking = false
+            let image = try Qcow2Image(path: img, options: o)
+            #expect(try readAll(image).count == 10 << 20)
+            try image.flush()
+        }
+        // Opened for writing, read, flushed: nothing the bitmap tracks changed.
+        #expect(try Qcow2Image(path: img).bitmaps.map(\.name) == ["a"])
+        #expect(qemuImg("info", img).out.contains("name: a"))
+        expectQemuClean(img)
+        do {
+            let image = try Qcow2Image(path: img, options: Qcow2OpenOptions(writable: true))
+            let data = [UInt8](repeating: 7, count: 4096)
+            try data.withUnsafeBytes { try image.write(at: 1 << 20, from: $0) }
+            try image.flush()
+        }
+        // A guest write the bitmap did not record: its autoclear bit is cleared, so neither Tern nor QEMU trusts it.
+        #expect(try Qcow2Image(path: img).bitmaps.isEmpty)
+        #expect(!qemuImg("info", img).out.contains("name: a"))
+    }
+}
