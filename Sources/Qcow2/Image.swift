@@ -249,14 +249,14 @@ public final class Qcow2Image: BlockBackend {
         try img.flush()
     }
 
-    /// Creates an image at `path` atomically: written to a temporary file, then renamed.
+    /// Creates an image at `path` under the rules of `writeOutput` (a new file is written beside it, then renamed).
     public static func create(path: String, options: Qcow2CreateOptions) throws(DiskError) {
         if let b = options.backingFile {
             // Check that the backing file exists and has the stated format.
             let bp = resolveBacking(b, relativeTo: path)
             _ = try openImage(path: bp, format: options.backingFormat, writable: false)
         }
-        try atomicWrite(path) { (f) throws(DiskError) in try create(file: f, options: options) }
+        try writeOutput(path, size: nil) { (out) throws(DiskError) in try create(file: out.imageFile(), options: options) }
     }
 
     func preallocate(full: Bool) throws(DiskError) {
@@ -671,35 +671,6 @@ public final class Qcow2Image: BlockBackend {
             try m.syncAndClean()
         }
     }
-}
-
-/// Runs `body` on a new temporary file next to `path` (locked for writing), then renames it over `path`.
-/// Refuses to replace an image this process has open (a conversion's source or one of its backing files) or
-/// one that another process holds a lock on.
-public func atomicWrite(_ path: String, _ body: (PosixFile) throws(DiskError) -> Void) throws(DiskError) {
-    try checkReplaceable(path)
-    let tmp = path + ".tern-tmp-\(getpid())"
-    // A stale or planted entry at the temporary name is removed, never followed: the file is created exclusively.
-    unlink(tmp)
-    let f: PosixFile
-    do { f = try PosixFile(path: tmp, writable: true, create: true, exclusive: true) } catch {
-        if case .io(_, let e) = error { throw .io("cannot create \(path)", errno: e) }
-        throw error
-    }
-    do {
-        try f.truncate(0)
-        try body(f)
-        try f.sync()
-    } catch {
-        unlink(tmp)
-        throw error
-    }
-    if rename(tmp, path) != 0 {
-        let e = errno
-        unlink(tmp)
-        throw .io("rename \(tmp) to \(path)", errno: e)
-    }
-    syncDirectory(of: path)
 }
 
 /// Throws unless the file at `path`, if there is one, may be replaced by a new image.
