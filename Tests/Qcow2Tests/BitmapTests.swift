@@ -101,4 +101,17 @@ struct BitmapTests {
         #expect(try Qcow2Image(path: img).bitmaps.isEmpty)
         #expect(!qemuImg("info", img).out.contains("name: a"))
     }
+
+    @Test("a bitmap above QEMU's 512 MiB limit is refused before its bits are allocated")
+    func tooLargeBitmapRefused() throws {
+        let d = TempDir()
+        let img = d.file("big.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "64T").status == 0)
+        // 64 TiB at 512-byte granularity would be 16 GiB of bits.
+        #expect(throws: DiskError.self) { try editBitmaps(path: img, name: "fine", [.add(granularity: 512)]) }
+        #expect(try Qcow2Image(path: img).bitmaps.isEmpty)
+        // 1 MiB granularity needs 8 MiB: allowed.
+        try editBitmaps(path: img, name: "coarse", [.add(granularity: 1 << 20)])
+        #expect(try Qcow2Image(path: img).bitmaps.map(\.name) == ["coarse"])
+    }
 }
