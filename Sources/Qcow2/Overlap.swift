@@ -5,7 +5,7 @@ import Glibc
 /// Metadata a data write must never land on: the structures QEMU's qcow2 overlap check covers in its default
 /// ("cached") mode (block/qcow2-refcount.c, qcow2_check_metadata_overlap).
 enum MetadataKind: UInt8, Sendable, CustomStringConvertible {
-    case header, activeL1, activeL2, refcountTable, refcountBlock, snapshotTable, inactiveL1
+    case header, activeL1, activeL2, refcountTable, refcountBlock, snapshotTable, inactiveL1, bitmapDirectory
 
     var description: String {
         switch self {
@@ -16,6 +16,7 @@ enum MetadataKind: UInt8, Sendable, CustomStringConvertible {
         case .refcountBlock: return "refcount block"
         case .snapshotTable: return "snapshot table"
         case .inactiveL1: return "inactive L1 table"
+        case .bitmapDirectory: return "bitmap directory"
         }
     }
 }
@@ -103,6 +104,10 @@ extension Meta {
         for e in refTable { add(e & QC.rtOffsetMask, cs, .refcountBlock) }
         if header.nbSnapshots > 0 { add(header.snapshotsOffset, snapshotTableBytes, .snapshotTable) }
         for s in snapshots { add(s.l1TableOffset, UInt64(s.l1Size) * 8, .inactiveL1) }
+        // Stale bitmaps (autoclear bit cleared) keep their directory allocated: it is protected all the same.
+        if let ext = try? BitmapsExtension(header), ext.count > 0 {
+            add(ext.directoryOffset, ext.directorySize, .bitmapDirectory)
+        }
         return MetadataMap(ranges)
     }
 
