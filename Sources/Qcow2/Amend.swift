@@ -49,8 +49,6 @@ public func amend(path: String, _ spec: ImageSpec, progress: ProgressMeter = Pro
             if spec.qcow2.lazyRefcounts { m.header.compatibleFeatures |= QC.compatLazyRefcounts }
             else { m.header.compatibleFeatures &= ~QC.compatLazyRefcounts }
         }
-        // The writable open cleared the bitmaps' autoclear bit; nothing they track changed, so they are valid again.
-        if !bitmaps.isEmpty { m.header.autoclearFeatures |= QC.autoclearBitmaps }
         try m.rewriteHeader()
         try m.syncAndClean()
     }

@@ -25,6 +25,13 @@ public struct Qcow2Bitmap: Sendable, Equatable {
     /// Bytes of bits for a disk of `size` bytes.
     static func bitmapBytes(size: UInt64, granularity: UInt64) -> UInt64 { divRoundUp(divRoundUp(size, granularity), 8) }
 
+    /// `bitmapBytes`, or nil above QEMU's limit for one bitmap (BME_MAX_PHYS_SIZE), so that a large disk, a fine
+    /// granularity or a hostile directory never makes Tern allocate more than that for the bits.
+    static func boundedBitmapBytes(size: UInt64, granularity: UInt64) -> Int? {
+        let n = bitmapBytes(size: size, granularity: granularity)
+        return n <= BitmapsExtension.maxBitmapBytes ? Int(n) : nil
+    }
+
     /// Bytes of this entry in the directory.
     var entrySize: Int { Self.entrySize(nameLength: name.utf8.count, extraLength: extraData.count) }
     static func entrySize(nameLength: Int, extraLength: Int) -> Int { (24 + nameLength + extraLength + 7) & ~7 }
@@ -40,6 +47,8 @@ struct BitmapsExtension: Equatable {
     static let maxDirectorySize: UInt64 = 64 << 20
     static let maxNameSize = 1023
     static let maxTableEntries: UInt32 = 0x0800_0000
+    /// The most bytes of bits one bitmap may have (QEMU's BME_MAX_PHYS_SIZE).
+    static let maxBitmapBytes: UInt64 = 0x2000_0000
 
     init(count: UInt32, directorySize: UInt64, directoryOffset: UInt64) {
         self.count = count
@@ -178,7 +187,9 @@ struct EditedBitmap {
 
 /// Loads the bits of bitmap `b` of a disk of `size` bytes.
 func readBitmapBits(_ file: any FileIO, _ b: Qcow2Bitmap, size: UInt64, clusterSize cs: UInt64) throws(DiskError) -> [UInt8] {
-    let byteCount = Int(Qcow2Bitmap.bitmapBytes(size: size, granularity: b.granularity))
+    guard let byteCount = Qcow2Bitmap.boundedBitmapBytes(size: size, granularity: b.granularity) else {
+        throw .corrupt("bitmap '\(b.name)' is too large (granularity \(b.granularity) on a disk of \(size) bytes)")
+    }
     guard UInt64(b.tableSize) >= divRoundUp(UInt64(byteCount), cs) else {
         throw .corrupt("bitmap '\(b.name)' has a table of \(b.tableSize) entries, too few for the disk")
     }
@@ -234,7 +245,7 @@ struct BitmapPlan {
 /// a new directory and the header (new clusters first, the header last, old clusters freed after).
 public func editBitmaps(path: String, name: String, _ actions: [BitmapAction]) throws(DiskError) {
     // Every action is checked and applied in memory first, through a read-only open that is closed again before
-    // the writable one: that open invalidates the bitmaps until the new directory is written, so it must not fail half way.
+    // the writable one, so that nothing is written unless every action succeeds.
     var plan = try planBitmapEdit(path: path, name: name, actions)
     let image = try openQcow2(path, writable: true, openBacking: false)
     try image.meta.withLock { (m) throws(DiskError) in
@@ -278,9 +289,12 @@ func planBitmapEdit(path: String, name: String, _ actions: [BitmapAction]) throw
                 throw .invalidArgument("Operation add on bitmap \(name) failed: Granularity must be power of 2 between 512 and 2^31")
             }
             guard list.count < Int(BitmapsExtension.maxBitmaps) else { throw .unsupported("more than \(BitmapsExtension.maxBitmaps) bitmaps") }
+            guard let byteCount = Qcow2Bitmap.boundedBitmapBytes(size: size, granularity: g) else {
+                throw .invalidArgument("Operation add on bitmap \(name) failed: Too large bitmap; use a larger granularity")
+            }
             let entry = Qcow2Bitmap(name: name, tableOffset: 0, tableSize: 0, flags: Qcow2Bitmap.flagAuto,
                                     granularityBits: UInt8(g.trailingZeroBitCount))
-            list.append(EditedBitmap(entry: entry, bits: [UInt8](repeating: 0, count: Int(Qcow2Bitmap.bitmapBytes(size: size, granularity: g))), rewrite: true))
+            list.append(EditedBitmap(entry: entry, bits: [UInt8](repeating: 0, count: byteCount), rewrite: true))
             continue
         }
         guard let i = index else { throw .invalidArgument("Operation \(action.operationName) on bitmap \(name) failed: Dirty bitmap '\(name)' not found") }
@@ -290,7 +304,10 @@ func planBitmapEdit(path: String, name: String, _ actions: [BitmapAction]) throw
             if list[i].entry.tableOffset != 0 { freed.append(list[i].entry) }
             list.remove(at: i)
         case .clear:
-            list[i].bits = [UInt8](repeating: 0, count: Int(Qcow2Bitmap.bitmapBytes(size: size, granularity: list[i].entry.granularity)))
+            guard let byteCount = Qcow2Bitmap.boundedBitmapBytes(size: size, granularity: list[i].entry.granularity) else {
+                throw .corrupt("bitmap '\(name)' is too large (granularity \(list[i].entry.granularity) on a disk of \(size) bytes)")
+            }
+            list[i].bits = [UInt8](repeating: 0, count: byteCount)
             list[i].rewrite = true
         case .enable: list[i].entry.flags |= Qcow2Bitmap.flagAuto
         case .disable: list[i].entry.flags &= ~Qcow2Bitmap.flagAuto
@@ -360,6 +377,7 @@ extension Meta {
             header.otherExtensions.append((QC.extBitmaps, ext.bytes))
             header.autoclearFeatures |= QC.autoclearBitmaps
         }
+        bitmapsValidOnDisk = !bitmaps.isEmpty
         try file.sync()
         try rewriteHeader()
         try file.sync()

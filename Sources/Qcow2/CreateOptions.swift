@@ -198,10 +198,9 @@ public func createImage(_ path: String, spec: inout ImageSpec, openBacking: Bool
     }
     if let name = spec.qcow2.backingFile, openBacking {
         let backingPath = resolveBacking(name, relativeTo: path)
-        let format: ImageFormat
-        if let given = spec.qcow2.backingFormat { format = given } else { format = try probeFormat(PosixFile(path: backingPath, writable: false)) }
-        let backing = try openImage(path: backingPath, format: format)
-        spec.qcow2.backingFormat = format
+        // openImage probes a format not given; the backend it opens says which it found.
+        let backing = try openImage(path: backingPath, format: spec.qcow2.backingFormat)
+        spec.qcow2.backingFormat = spec.qcow2.backingFormat ?? (backing is Qcow2Image ? .qcow2 : .raw)
         if spec.size == nil { spec.size = backing.virtualSize }
     }
     guard let size = spec.size else { throw .invalidArgument("a size is required; give it after the file name") }

@@ -148,6 +148,9 @@ struct Meta: @unchecked Sendable {
     var name = "qcow2 image"
     /// What a lenient open (for `check`) found wrong before the check ran, in qemu-img's words.
     var openProblems: [String] = []
+    /// The persistent bitmaps are marked consistent (autoclear bit) on disk, and Tern does not maintain them:
+    /// the bit is cleared before the first guest data write, so an open that writes none leaves them valid.
+    var bitmapsValidOnDisk = false
 
     var cs: UInt64 { g.cs }
 
@@ -331,7 +334,7 @@ struct Meta: @unchecked Sendable {
 
     /// Returns the offset of an L2 table for L1 index `i` that may be modified: allocates or copies it as needed.
     mutating func writableL2(_ i: Int) throws(DiskError) -> UInt64 {
-        try ensureNotCorrupt()
+        try willWriteGuestData()
         guard i < l1.count else { throw .corrupt("guest offset beyond the L1 table") }
         let e = l1[i]
         let off = e & QC.l1OffsetMask
@@ -368,7 +371,7 @@ struct Meta: @unchecked Sendable {
             let mask = UInt32(truncatingIfNeeded: ((UInt64(1) << (last + 1)) - 1) & ~((UInt64(1) << first) - 1))
             guard UInt32(truncatingIfNeeded: bm) & mask == mask else { return nil }
         }
-        try ensureNotCorrupt()
+        try willWriteGuestData()
         try checkOverlap(host + inOff, n)
         return host + inOff
     }
@@ -379,7 +382,7 @@ struct Meta: @unchecked Sendable {
     /// data is then written outside the lock and published with `publishFullWrite`.
     mutating func beginFullWrite(_ gc: UInt64) throws(DiskError) -> FullWrite {
         if pending.contains(gc) { return .busy }
-        try ensureNotCorrupt()
+        try willWriteGuestData()
         if let h = try inPlaceHost(gc, 0, cs) { return .inPlace(h) }
         if g.ext { return .locked }
         let l2off = try writableL2(Int(gc / g.l2Entries))
@@ -407,7 +410,7 @@ struct Meta: @unchecked Sendable {
     }
 
     mutating func allocatingWrite(_ gc: UInt64, _ inOff: Int, _ data: UnsafeRawBufferPointer) throws(DiskError) {
-        try ensureNotCorrupt()
+        try willWriteGuestData()
         let l1i = Int(gc / g.l2Entries), idx = Int(gc % g.l2Entries)
         let l2off = try writableL2(l1i)
         let (e, _) = try lookup(gc)
@@ -459,7 +462,7 @@ struct Meta: @unchecked Sendable {
 
     /// Deallocates or zeroes whole guest cluster `gc`.
     mutating func clearCluster(_ gc: UInt64, mode: ClearMode, hasBacking: Bool) throws(DiskError) {
-        try ensureNotCorrupt()
+        try willWriteGuestData()
         let l1i = Int(gc / g.l2Entries), idx = Int(gc % g.l2Entries)
         guard l1i < l1.count else { return }
         if l1[l1i] & QC.l1OffsetMask == 0 {

@@ -179,18 +179,20 @@ public final class Qcow2Image: BlockBackend {
             snapshots: snaps, snapshotTableBytes: snapBytes)
         m.openProblems = snapshotProblem.map { [$0] } ?? []
         if writable && !options.lenient {
-            // Autoclear bits we do not maintain (bitmaps) must be cleared before the first write.
-            if h.autoclearFeatures != 0 || h.incompatibleFeatures & QC.incompatDirty != 0 {
-                if h.incompatibleFeatures & QC.incompatDirty != 0 {
-                    _ = try Checker.run(&m, repair: .all)
-                    m.header.incompatibleFeatures &= ~QC.incompatDirty
-                }
-                m.header.autoclearFeatures = 0
+            if h.incompatibleFeatures & QC.incompatDirty != 0 {
+                _ = try Checker.run(&m, repair: .all)
+                m.header.incompatibleFeatures &= ~QC.incompatDirty
+            }
+            // Autoclear bits we do not know are cleared before the first write. The bitmaps' bit stays until guest
+            // data is first written (`willWriteGuestData`): an open that writes none leaves the bitmaps valid.
+            m.header.autoclearFeatures &= QC.autoclearBitmaps
+            if m.header != h {
                 try m.rewriteHeader()
                 try file.sync()
                 h = m.header
             }
         }
+        m.bitmapsValidOnDisk = writable && h.autoclearFeatures & QC.autoclearBitmaps != 0
         m.name = path ?? "qcow2 image"
         m.lazy = writable && h.version >= 3 && h.compatibleFeatures & QC.compatLazyRefcounts != 0
         self.meta = Mutex(m)
@@ -247,14 +249,14 @@ public final class Qcow2Image: BlockBackend {
         try img.flush()
     }
 
-    /// Creates an image at `path` atomically: written to a temporary file, then renamed.
+    /// Creates an image at `path` under the rules of `writeOutput` (a new file is written beside it, then renamed).
     public static func create(path: String, options: Qcow2CreateOptions) throws(DiskError) {
         if let b = options.backingFile {
             // Check that the backing file exists and has the stated format.
             let bp = resolveBacking(b, relativeTo: path)
             _ = try openImage(path: bp, format: options.backingFormat, writable: false)
         }
-        try atomicWrite(path) { (f) throws(DiskError) in try create(file: f, options: options) }
+        try writeOutput(path, size: nil) { (out) throws(DiskError) in try create(file: out.imageFile(), options: options) }
     }
 
     func preallocate(full: Bool) throws(DiskError) {
@@ -424,6 +426,8 @@ public final class Qcow2Image: BlockBackend {
             if tailEnd < old { try clear(tailEnd, old - tailEnd, mode: .unallocate) }
         }
         try meta.withLock { (m) throws(DiskError) in
+            // The bitmaps' tables are sized for the old size.
+            if m.bitmapsValidOnDisk && newSize != old { try m.invalidateBitmaps() }
             let need = Int(m.header.l1EntriesNeeded(for: newSize))
             if need > m.l1.count {
                 guard UInt64(need) * 8 <= QC.maxL1Bytes else { throw .invalidArgument("size \(newSize) needs an L1 table above the limit") }
@@ -507,6 +511,7 @@ public final class Qcow2Image: BlockBackend {
         guard writable else { throw .readOnly("image opened read-only") }
         try meta.withLock { (m) throws(DiskError) in
             guard let i = findSnapshot(m, key) else { throw .invalidArgument("no snapshot '\(key)'") }
+            try m.willWriteGuestData()
             let s = m.snapshots[i]
             let table = try m.readL1(s.l1TableOffset, Int(s.l1Size))
             var list = m.snapshots
@@ -524,6 +529,7 @@ public final class Qcow2Image: BlockBackend {
         guard writable else { throw .readOnly("image opened read-only") }
         let newSize = try meta.withLock { (m) throws(DiskError) -> UInt64 in
             guard let i = findSnapshot(m, key) else { throw .invalidArgument("no snapshot '\(key)'") }
+            try m.willWriteGuestData()
             let s = m.snapshots[i]
             let size = s.diskSize ?? m.header.size
             guard size <= QC.maxVirtualSize, m.header.l1EntriesNeeded(for: size) * 8 <= QC.maxL1Bytes else {
@@ -629,7 +635,7 @@ public final class Qcow2Image: BlockBackend {
             } else {
                 try m.addRef(off >> m.g.bits, 1)
             }
-            try m.ensureNotCorrupt()
+            try m.willWriteGuestData()
             try m.checkOverlap(off, len)
             try m.file.writeBytes(z, at: off)
             let end = off + len
@@ -665,35 +671,6 @@ public final class Qcow2Image: BlockBackend {
             try m.syncAndClean()
         }
     }
-}
-
-/// Runs `body` on a new temporary file next to `path` (locked for writing), then renames it over `path`.
-/// Refuses to replace an image this process has open (a conversion's source or one of its backing files) or
-/// one that another process holds a lock on.
-public func atomicWrite(_ path: String, _ body: (PosixFile) throws(DiskError) -> Void) throws(DiskError) {
-    try checkReplaceable(path)
-    let tmp = path + ".tern-tmp-\(getpid())"
-    // A stale or planted entry at the temporary name is removed, never followed: the file is created exclusively.
-    unlink(tmp)
-    let f: PosixFile
-    do { f = try PosixFile(path: tmp, writable: true, create: true, exclusive: true) } catch {
-        if case .io(_, let e) = error { throw .io("cannot create \(path)", errno: e) }
-        throw error
-    }
-    do {
-        try f.truncate(0)
-        try body(f)
-        try f.sync()
-    } catch {
-        unlink(tmp)
-        throw error
-    }
-    if rename(tmp, path) != 0 {
-        let e = errno
-        unlink(tmp)
-        throw .io("rename \(tmp) to \(path)", errno: e)
-    }
-    syncDirectory(of: path)
 }
 
 /// Throws unless the file at `path`, if there is one, may be replaced by a new image.

@@ -5,7 +5,7 @@ import Glibc
 /// Metadata a data write must never land on: the structures QEMU's qcow2 overlap check covers in its default
 /// ("cached") mode (block/qcow2-refcount.c, qcow2_check_metadata_overlap).
 enum MetadataKind: UInt8, Sendable, CustomStringConvertible {
-    case header, activeL1, activeL2, refcountTable, refcountBlock, snapshotTable, inactiveL1
+    case header, activeL1, activeL2, refcountTable, refcountBlock, snapshotTable, inactiveL1, bitmapDirectory
 
     var description: String {
         switch self {
@@ -16,6 +16,7 @@ enum MetadataKind: UInt8, Sendable, CustomStringConvertible {
         case .refcountBlock: return "refcount block"
         case .snapshotTable: return "snapshot table"
         case .inactiveL1: return "inactive L1 table"
+        case .bitmapDirectory: return "bitmap directory"
         }
     }
 }
@@ -103,6 +104,10 @@ extension Meta {
         for e in refTable { add(e & QC.rtOffsetMask, cs, .refcountBlock) }
         if header.nbSnapshots > 0 { add(header.snapshotsOffset, snapshotTableBytes, .snapshotTable) }
         for s in snapshots { add(s.l1TableOffset, UInt64(s.l1Size) * 8, .inactiveL1) }
+        // Stale bitmaps (autoclear bit cleared) keep their directory allocated: it is protected all the same.
+        if let ext = try? BitmapsExtension(header), ext.count > 0 {
+            add(ext.directoryOffset, ext.directorySize, .bitmapDirectory)
+        }
         return MetadataMap(ranges)
     }
 
@@ -117,9 +122,21 @@ extension Meta {
         metadataMap = map
     }
 
-    /// Refuses writes to an image marked corrupt.
-    @inline(__always) func ensureNotCorrupt() throws(DiskError) {
+    /// Called before guest data changes: refuses writes to an image marked corrupt, and invalidates the
+    /// persistent bitmaps (which Tern does not maintain) on disk before the first write they would miss.
+    @inline(__always) mutating func willWriteGuestData() throws(DiskError) {
         if markedCorrupt { throw .readOnly("the image was marked corrupt; writes are refused until `tern image check -r all` repairs it") }
+        if bitmapsValidOnDisk { try invalidateBitmaps() }
+    }
+
+    /// Clears the bitmaps' autoclear bit on disk (QEMU then sees them as stale), durably.
+    mutating func invalidateBitmaps() throws(DiskError) {
+        header.autoclearFeatures &= ~QC.autoclearBitmaps
+        var bytes = [UInt8]()
+        bytes.append64(header.autoclearFeatures)
+        try file.writeBytes(bytes, at: 88)
+        try file.sync()
+        bitmapsValidOnDisk = false
     }
 
     /// Checks that `length` bytes of data (or a table moving to a new place) at host `offset` overlap no

@@ -73,5 +73,45 @@ struct BitmapTests {
         #expect(try dirtyRanges(path: img, bitmap: "t") == [0..<(10 << 20)])
         #expect(qemuImg("info", img).out.contains("name: q"))
     }
-}
 
+    @Test("a writable open keeps the bitmaps valid until guest data is written; the first write marks them stale")
+    func writableOpenKeepsBitmapsUntilWrite() throws {
+        let d = TempDir()
+        let img = d.file("w.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "10M").status == 0)
+        #expect(tern("bitmap", "--add", img, "a").status == 0)
+        do {
+            var o = Qcow2OpenOptions(writable: true)
+            o.openBacking = false
+            let image = try Qcow2Image(path: img, options: o)
+            #expect(try readAll(image).count == 10 << 20)
+            try image.flush()
+        }
+        // Opened for writing, read, flushed: nothing the bitmap tracks changed.
+        #expect(try Qcow2Image(path: img).bitmaps.map(\.name) == ["a"])
+        #expect(qemuImg("info", img).out.contains("name: a"))
+        expectQemuClean(img)
+        do {
+            let image = try Qcow2Image(path: img, options: Qcow2OpenOptions(writable: true))
+            let data = [UInt8](repeating: 7, count: 4096)
+            try data.withUnsafeBytes { try image.write(at: 1 << 20, from: $0) }
+            try image.flush()
+        }
+        // A guest write the bitmap did not record: its autoclear bit is cleared, so neither Tern nor QEMU trusts it.
+        #expect(try Qcow2Image(path: img).bitmaps.isEmpty)
+        #expect(!qemuImg("info", img).out.contains("name: a"))
+    }
+
+    @Test("a bitmap above QEMU's 512 MiB limit is refused before its bits are allocated")
+    func tooLargeBitmapRefused() throws {
+        let d = TempDir()
+        let img = d.file("big.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "64T").status == 0)
+        // 64 TiB at 512-byte granularity would be 16 GiB of bits.
+        #expect(throws: DiskError.self) { try editBitmaps(path: img, name: "fine", [.add(granularity: 512)]) }
+        #expect(try Qcow2Image(path: img).bitmaps.isEmpty)
+        // 1 MiB granularity needs 8 MiB: allowed.
+        try editBitmaps(path: img, name: "coarse", [.add(granularity: 1 << 20)])
+        #expect(try Qcow2Image(path: img).bitmaps.map(\.name) == ["coarse"])
+    }
+}

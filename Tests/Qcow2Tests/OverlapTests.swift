@@ -86,6 +86,31 @@ struct OverlapTests {
         #expect(readFile(p)[79] & 2 == 0)
         expectQemuClean(p)
     }
+
+    @Test("a data write aimed at the bitmap directory fails and marks the image corrupt")
+    func bitmapDirectoryRefused() throws {
+        let d = TempDir()
+        let p = d.file("bitmap.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", "-o", "cluster_size=4k", p, "1M").status == 0)
+        qemuIO(p, ["write -P 1 0 4k"])
+        #expect(qemuImg("bitmap", "--add", p, "b").status == 0)
+        var b = readFile(p)
+        // The bitmaps header extension (type 0x23852875) holds the directory offset at bytes 16..<24 of its data.
+        var at = Int(b.get32(100)), directory = 0
+        while at + 8 <= b.count, b.get32(at) != 0 {
+            let length = Int(b.get32(at + 4))
+            if b.get32(at) == 0x2385_2875 { directory = Int(b.get64(at + 8 + 16)) }
+            at += 8 + (length + 7) & ~7
+        }
+        #expect(directory != 0)
+        let l2 = Int(b.get64(Int(b.get64(40))) & 0x00ff_ffff_ffff_fe00)
+        b.set64(UInt64(directory) | 1 << 63, at: l2)
+        writeFile(p, b)
+        let img = try openRW(p)
+        let data = [UInt8](repeating: 2, count: 512)
+        #expect(throws: DiskError.self) { try data.withUnsafeBytes { try img.write(at: 0, from: $0) } }
+        #expect(readFile(p)[79] & 2 == 2, "the corrupt bit is set")
+    }
 }
 
 extension Array where Element == UInt8 {
