@@ -249,15 +249,19 @@ public func editBitmaps(path: String, name: String, _ actions: [BitmapAction]) t
     var plan = try planBitmapEdit(path: path, name: name, actions)
     let image = try openQcow2(path, writable: true, openBacking: false)
     try image.meta.withLock { (m) throws(DiskError) in
+        for i in plan.list.indices where plan.list[i].rewrite && plan.list[i].entry.tableOffset != 0 {
+            plan.freed.append(plan.list[i].entry)
+        }
+        // Every cluster to be freed is checked before anything is written, so a damaged table refuses the edit.
+        let freedClusters = try plan.freed.map { (b) throws(DiskError) in try m.bitmapDataClusters(b) }
         for i in plan.list.indices where plan.list[i].rewrite {
-            if plan.list[i].entry.tableOffset != 0 { plan.freed.append(plan.list[i].entry) }
             let (offset, entries) = try m.writeBitmapData(plan.list[i].bits!)
             plan.list[i].entry.tableOffset = offset
             plan.list[i].entry.tableSize = entries
         }
         try m.writeBitmapDirectory(plan.list.map(\.entry))
         if let old = plan.oldExtension { try m.freeClusters(old.directoryOffset, bytes: old.directorySize) }
-        for b in plan.freed { try m.freeBitmapData(b) }
+        for (b, clusters) in zip(plan.freed, freedClusters) { try m.freeBitmapData(b, clusters: clusters) }
         try m.syncAndClean()
     }
 }
@@ -414,13 +418,29 @@ extension Meta {
     }
 
     /// Frees a bitmap's data clusters and table.
-    mutating func freeBitmapData(_ b: Qcow2Bitmap) throws(DiskError) {
-        guard b.tableOffset != 0, b.tableSize > 0 else { return }
+    /// The data clusters bitmap `b`'s table names, each checked to be cluster-aligned, inside the file and not the
+    /// image's active metadata, so that a damaged or hostile table can never make an edit free another cluster.
+    func bitmapDataClusters(_ b: Qcow2Bitmap) throws(DiskError) -> [UInt64] {
+        guard b.tableOffset != 0, b.tableSize > 0 else { return [] }
         let table = try file.readBytes(at: b.tableOffset, count: Int(b.tableSize) * 8)
+        let fileSize = try file.size()
+        let metadata = buildMetadataMap()
+        var clusters: [UInt64] = []
         for k in 0..<Int(b.tableSize) {
             let offset = be64(table, 8 * k) & QC.l2OffsetMask
-            if offset != 0 { try freeClusters(offset, bytes: cs) }
+            guard offset != 0 else { continue }
+            guard offset % cs == 0, offset < fileSize, metadata.kind(overlapping: offset, cs) == nil else {
+                throw .corrupt("bitmap '\(b.name)': table entry \(k) names cluster 0x\(String(offset, radix: 16)), which is not one of its data clusters; run `tern image check -r all`")
+            }
+            clusters.append(offset)
         }
+        return clusters
+    }
+
+    /// Frees bitmap `b`'s data `clusters` (from `bitmapDataClusters`) and its table.
+    mutating func freeBitmapData(_ b: Qcow2Bitmap, clusters: [UInt64]) throws(DiskError) {
+        guard b.tableOffset != 0, b.tableSize > 0 else { return }
+        for offset in clusters { try freeClusters(offset, bytes: cs) }
         try freeClusters(b.tableOffset, bytes: UInt64(b.tableSize) * 8)
     }
 }

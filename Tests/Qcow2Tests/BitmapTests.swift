@@ -2,7 +2,7 @@ import Foundation
 import Qcow2
 import Testing
 
-@Suite("persistent dirty bitmaps are shared with QEMU", .serialized)
+@Suite("persistent dirty bitmaps are shared with QEMU", .serialized, .timeLimit(.minutes(2)))
 struct BitmapTests {
     @Test("Tern's bitmaps: qemu-img lists them, checks clean, merges and copies their bits; Tern reads QEMU's")
     func interop() throws {
@@ -113,5 +113,28 @@ struct BitmapTests {
         // 1 MiB granularity needs 8 MiB: allowed.
         try editBitmaps(path: img, name: "coarse", [.add(granularity: 1 << 20)])
         #expect(try Qcow2Image(path: img).bitmaps.map(\.name) == ["coarse"])
+    }
+
+    @Test("removing a bitmap whose table names the L1 table frees nothing and names the damage")
+    func hostileBitmapTableFreesNothing() throws {
+        let d = TempDir()
+        let img = d.file("hostile.qcow2")
+        #expect(qemuImg("create", "-f", "qcow2", img, "10M").status == 0)
+        try editBitmaps(path: img, name: "a", [.add(granularity: 65536), .markDirty(offset: 0, length: 1 << 20)])
+        let table = try #require(try Qcow2Image(path: img).bitmaps.first?.tableOffset)
+        // Point the table's first entry at the L1 table (header bytes 40-47, big-endian).
+        var bytes = readFile(img)
+        let l1 = bytes[40..<48].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        for index in 0..<8 { bytes[Int(table) + index] = UInt8(truncatingIfNeeded: l1 >> (56 - 8 * UInt64(index))) }
+        writeFile(img, bytes)
+        let before = readFile(img)
+        #expect(throws: DiskError.self) { try editBitmaps(path: img, name: "a", [.remove]) }
+        let removal = tern("bitmap", "--remove", img, "a")
+        #expect(removal.status != 0)
+        #expect(removal.err.contains("not one of its data clusters"), "\(removal.err)")
+        // Nothing was freed or rewritten: the file is as it was, and guest data still reads.
+        let unchanged = readFile(img) == before
+        #expect(unchanged, "the refused removal changed the image")
+        #expect(try readAll(Qcow2Image(path: img)).count == 10 << 20)
     }
 }
